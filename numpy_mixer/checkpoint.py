@@ -1,0 +1,43 @@
+"""Make and save checkpoints with timm's keys: random weights of realistic scale, for tests and demos.
+
+timm zero-initialises the Mixer head, so a fresh timm model gives all-zero logits that "match"
+anything. These weights fill every tensor, at the scale trained weights have, so logits spread.
+"""
+import dataclasses
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from .weights import ARCHITECTURES, MixerConfig, expected_shapes
+
+
+def config_for(arch="mixer_b16_224", **changes):
+    """A MixerConfig for a timm architecture name, with any field changed (num_classes=21843, depth=2 ...)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return dataclasses.replace(ARCHITECTURES[arch], **changes)
+
+
+def random_state_dict(config, seed=0, dtype=np.float32):
+    """{timm key: array} filled with seeded random values of trained-weight scale."""
+    if not isinstance(config, MixerConfig):
+        config = config_for(config)
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in expected_shapes(config).items():
+        if key.endswith("weight") and len(shape) > 1:  # linear / conv: uniform, variance 1/fan_in
+            fan_in = int(np.prod(shape[1:]))
+            bound = np.sqrt(3.0 / fan_in)
+            value = rng.uniform(-bound, bound, shape)
+        elif "norm" in key and key.endswith("weight"):  # LayerNorm gain: around 1
+            value = 1.0 + 0.2 * rng.standard_normal(shape)
+        else:  # biases (and LayerNorm shift): small
+            value = 0.1 * rng.standard_normal(shape)
+        state[key] = value.astype(dtype)
+    return state
+
+
+def save_checkpoint(state_dict, path, metadata=None):
+    """Write {key: array} as safetensors (contiguous copies; no pickle)."""
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(path), metadata=metadata)
+    return path

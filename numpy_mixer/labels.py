@@ -1,0 +1,14 @@
+"""Human-readable class names, shipped with the package (no network): see tools/make_labels.py."""
+from functools import lru_cache
+from importlib import resources
+
+LABEL_SETS = ("imagenet-1k", "imagenet-21k-goog", "imagenet-21k-miil")
+
+
+@lru_cache(maxsize=None)
+def load_labels(name="imagenet-1k"):
+    """The class names of a label set, by class index: load_labels()[281] == 'tabby, tabby cat'."""
+    if name not in LABEL_SETS:
+        raise ValueError(f"unknown label set {name!r}; known: {', '.join(LABEL_SETS)}")
+    text = resources.files("numpy_mixer").joinpath("data", f"{name}.txt").read_text(encoding="utf-8")
+    return tuple(text.splitlines())

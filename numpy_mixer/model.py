@@ -1,0 +1,140 @@
+"""A thin model object: timm's method names over the layer functions and a checked state dict."""
+import numpy as np
+
+from . import layers
+from .errors import MixerError
+from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, check_state_dict,
+                      infer_config, read_safetensors, resolve)
+
+
+def nest(state_dict):
+    """timm's flat keys -> nested params: {"blocks": [{"norm1": {"weight": ...}, ...}], ...}."""
+    params = {}
+    for key, value in state_dict.items():
+        *path, leaf = key.split(".")
+        node = params
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    if "blocks" in params:  # {"0": ..., "1": ...} -> a list, in block order
+        params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+    return params
+
+
+def flatten(params, prefix=""):
+    """Nested params -> timm's flat keys (the inverse of nest)."""
+    if isinstance(params, np.ndarray):
+        return {prefix[:-1]: params}
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    flat = {}
+    for name, value in items:
+        flat.update(flatten(value, f"{prefix}{name}."))
+    return flat
+
+
+class MlpMixer:
+    """An MLP-Mixer with timm's interface: model(x), forward_features, forward_head.
+
+    params: nested dict of arrays keyed as timm's state dict; config: MixerConfig;
+    pretrained_cfg: preprocessing (mean, std, interpolation, crop_pct) and label set.
+    """
+
+    def __init__(self, state_dict, pretrained_cfg=None, source="checkpoint"):
+        self.config = infer_config(state_dict, source)
+        check_state_dict(state_dict, self.config, source)
+        self.params = nest(state_dict)
+        cfg = dict(DEFAULT_PREPROCESSING, name=source, labels=LABEL_SETS_BY_CLASSES.get(self.config.num_classes))
+        cfg.update(pretrained_cfg or {})
+        cfg.update(num_classes=self.config.num_classes, input_size=(self.config.in_chans,) + (self.config.img_size,) * 2)
+        self.pretrained_cfg = cfg
+
+    @property
+    def num_classes(self):
+        return self.config.num_classes
+
+    @property
+    def num_features(self):
+        return self.config.embed_dim
+
+    def state_dict(self):
+        """timm's flat {key: array}."""
+        return flatten(self.params)
+
+    def num_params(self):
+        return sum(a.size for a in self.state_dict().values())
+
+    def _check_input(self, x):
+        x = np.asarray(x)
+        want = self.pretrained_cfg["input_size"]
+        if x.ndim == 3:
+            raise MixerError(f"input has shape {x.shape}: add a batch axis, e.g. x[None], to get (1, *{want})")
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise MixerError(f"input has shape {x.shape}, expected (B, {', '.join(map(str, want))})")
+        if x.dtype not in (np.float32, np.float64):
+            raise MixerError(f"input has dtype {x.dtype}, expected float32 (see numpy_mixer.preprocess)")
+        return x
+
+    def forward_features(self, x):
+        """Normalised tokens after the last block and the final norm. [B, 3, H, W] -> [B, N, C]"""
+        x = self._cast(self._check_input(x))
+        p = self.params
+        return layers.forward_features(x, p["stem"], p["blocks"], p["norm"], self.config.patch_size)
+
+    def forward_head(self, x, pre_logits=False):
+        """Pool the tokens and apply the head. [B, N, C] -> [B, K] (or [B, C] with pre_logits)"""
+        x = layers.global_pool(x)  # [B, N, C] -> [B, C]
+        if pre_logits or "head" not in self.params:
+            return x
+        return layers.head(x, **self.params["head"])
+
+    def __call__(self, x):
+        """Logits. [B, 3, H, W] -> [B, K] (pooled features [B, C] when num_classes=0)"""
+        return self.forward_head(self.forward_features(x))
+
+    def _cast(self, x):
+        # weights decide the precision: float32 weights take float32 input (never a silent upcast)
+        return x.astype(self.dtype, copy=False)
+
+    @property
+    def dtype(self):
+        return self.params["norm"]["weight"].dtype
+
+    def astype(self, dtype):
+        """A copy of the model with every weight in dtype (float64 for a high-precision reference run)."""
+        state = {k: np.asarray(v, dtype) for k, v in self.state_dict().items()}
+        return MlpMixer(state, self.pretrained_cfg, self.pretrained_cfg["name"])
+
+    def reset_classifier(self, num_classes):
+        """A new head with num_classes outputs, zero-initialised as timm does; 0 removes the head."""
+        self.params.pop("head", None)
+        if num_classes:
+            C = self.config.embed_dim
+            self.params["head"] = {"weight": np.zeros((num_classes, C), self.dtype),
+                                   "bias": np.zeros((num_classes,), self.dtype)}
+        self.config = infer_config(self.state_dict())
+        self.pretrained_cfg.update(num_classes=num_classes, labels=LABEL_SETS_BY_CLASSES.get(num_classes))
+
+    def preprocess(self, img):
+        """A path, PIL image or HWC uint8 array -> the (3, H, W) float32 input this model expects."""
+        from .preprocess import preprocess
+        return preprocess(img, self.pretrained_cfg)
+
+    def __repr__(self):
+        c = self.config
+        return (f"MlpMixer({self.pretrained_cfg['name']!r}: patch {c.patch_size}, {c.img_size}px, {c.depth} blocks, "
+                f"width {c.embed_dim}, token MLP {c.tokens_dim}, channel MLP {c.channels_dim}, "
+                f"{c.num_classes} classes, {self.num_params():,} params)")
+
+
+def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
+    """A timm Mixer by name (from the Hugging Face hub or its cache) or from a local .safetensors file.
+
+    num_classes: None keeps the checkpoint's head; 0 drops it (the model returns pooled features);
+    any other number puts a fresh zero head of that size, as timm does.
+    """
+    path, pretrained_cfg = resolve(name_or_path)
+    source = pretrained_cfg["name"] if pretrained_cfg else str(path)
+    model = MlpMixer(read_safetensors(path), pretrained_cfg, source)
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+    return model
