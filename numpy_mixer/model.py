@@ -3,8 +3,8 @@ import numpy as np
 
 from . import layers
 from .errors import MixerError
-from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, check_state_dict,
-                      infer_config, read_safetensors, resolve)
+from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, check_architecture,
+                      check_state_dict, infer_config, read_safetensors, resolve)
 
 
 def nest(state_dict):
@@ -135,6 +135,8 @@ def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     path, pretrained_cfg = resolve(name_or_path)
     source = pretrained_cfg["name"] if pretrained_cfg else str(path)
     model = MlpMixer(read_safetensors(path), pretrained_cfg, source)
+    if pretrained_cfg:
+        check_architecture(model.config, source, pretrained_cfg["num_classes"])
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
     return model

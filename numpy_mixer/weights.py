@@ -3,6 +3,7 @@
 No pickle is ever loaded: .pth / .bin / .pt / .ckpt files are refused before they are opened.
 The safetensors file is memory-mapped, so the weights are paged in from disk, not copied.
 """
+import dataclasses
 import json
 import os
 import re
@@ -131,6 +132,16 @@ def check_state_dict(state_dict, config, source="checkpoint"):
                              f"for {config.depth} blocks of width {config.embed_dim}")
         if state_dict[key].dtype.kind != "f":
             raise MixerError(f"{source}: tensor {key!r} has dtype {state_dict[key].dtype}, expected floating point")
+
+
+def check_architecture(config, name, num_classes):
+    """A checkpoint fetched for a timm name must have that name's architecture."""
+    arch = name.split(".")[0]
+    if arch in ARCHITECTURES:
+        want = dataclasses.replace(ARCHITECTURES[arch], num_classes=num_classes)
+        if config != want:
+            raise MixerError(f"{name}: the downloaded checkpoint has {config}, expected {want}; delete it from "
+                             "the Hugging Face cache and download it again")
 
 
 def read_safetensors(path):
