@@ -1,0 +1,187 @@
+"""check(name, fn): run a learner's function on the fixtures and say, in one line, how it did.
+
+Verdicts: "exact", "allclose (max diff 2.4e-07)", "not implemented yet", or "WRONG: ..." with the
+largest difference and, when the answer matches one of the classic mistakes computed on the same
+inputs, "- looks like: <the mistake>".
+"""
+import copy
+import re
+import traceback
+
+import numpy as np
+
+from . import catalogue, fixtures
+
+MATCH_FACTOR = 10  # a wrong answer "is" a known mistake when it is this close to it (x the exercise's tolerance)
+
+
+def _fmt(v):
+    return f"{v:.2g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+
+
+def _where(out, expected):
+    """'max diff 0.41 at [0, 3, 17] (got 0.79, expected 1.2)'."""
+    diff = np.abs(out.astype(np.float64) - expected.astype(np.float64))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    idx = np.unravel_index(np.argmax(diff), diff.shape)
+    at = "[" + ", ".join(str(int(i)) for i in idx) + "]"
+    return f"max diff {_fmt(diff[idx])} at {at} (got {_fmt(float(out[idx]))}, expected {_fmt(float(expected[idx]))})"
+
+
+def _close(a, b, rtol, atol):
+    return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol))
+
+
+def _known_mistake(exercise, out, expected, args):
+    """The hint of the classic mistake whose output this is (closest first), or None."""
+    rtol = max(exercise.rtol, 1e-5) * MATCH_FACTOR
+    atol = max(exercise.atol, 1e-6) * MATCH_FACTOR
+    best = None
+    for hint, wrong in exercise.mistakes:
+        try:
+            with np.errstate(all="ignore"):
+                v = np.asarray(wrong(*copy.deepcopy(args)))
+        except Exception:  # this mistake cannot even run on these shapes
+            continue
+        if v.shape != out.shape or _close(v, expected, exercise.rtol, exercise.atol):
+            continue
+        if _close(out, v, rtol, atol):
+            d = float(np.abs(out.astype(np.float64) - v).max())
+            if best is None or d < best[0]:
+                best = (d, hint)
+    if best:
+        return best[1]
+    if exercise.diagnose is not None and out.shape == expected.shape:
+        return exercise.diagnose(out, expected, args)
+    return None
+
+
+def _call(fn, args):
+    with np.errstate(all="ignore"):
+        return fn(*copy.deepcopy(args))  # a copy: the learner's function may write into its inputs
+
+
+def _error_line(e):
+    """'ValueError: matmul: ... (line 12 of my_layers.py)' in one line."""
+    msg = " ".join(str(e).split())
+    msg = msg if len(msg) <= 140 else msg[:137] + "..."
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (line {frames[-1].lineno} of {frames[-1].filename.rsplit('/', 1)[-1]})" if frames else ""
+    return f"{type(e).__name__}: {msg}{where}"
+
+
+def _compare(exercise, case, out, expected, args):
+    """(ok, exact, max_diff, problem, hint): problem is None when the answer is right."""
+    if not isinstance(out, np.ndarray):
+        if out is None:
+            return False, False, None, "returned None (a missing `return`?)", None
+        if np.isscalar(out) or isinstance(out, (list, tuple)):
+            return False, False, None, (f"returned a {type(out).__name__}, expected a {expected.dtype} array "
+                                        f"of shape {expected.shape}"), None
+        try:
+            out = np.asarray(out)
+        except Exception:
+            return False, False, None, f"returned a {type(out).__name__}, expected a NumPy array", None
+    if out.shape != expected.shape:
+        problem = f"shape {tuple(out.shape)}, expected {tuple(expected.shape)}"
+        return False, False, None, problem, _known_mistake(exercise, out, expected, args)
+    if out.dtype.kind not in "fiu":
+        return False, False, None, f"dtype {out.dtype}, expected {expected.dtype}", None
+    values_ok = _close(out, expected, exercise.rtol, exercise.atol)
+    if values_ok and not np.isnan(out).any():
+        max_diff = float(np.abs(out.astype(np.float64) - expected).max())
+        if out.dtype != expected.dtype:
+            if out.dtype == np.float64 and expected.dtype == np.float32:
+                return False, False, max_diff, f"dtype float64, expected float32", catalogue.FLOAT64
+            return False, False, max_diff, f"dtype {out.dtype}, expected {expected.dtype}", None
+        return True, bool(np.array_equal(out, expected)), max_diff, None, None
+    problem = _where(out, expected)
+    if np.isnan(out).any() and not np.isnan(expected).any():
+        idx = np.argwhere(np.isnan(out))[0]
+        problem = f"NaN at [{', '.join(map(str, idx))}]"
+    hint = _known_mistake(exercise, out, expected, args)
+    if out.dtype != expected.dtype:
+        problem += f"; also dtype {out.dtype}, expected {expected.dtype}"
+    return False, False, None, problem, hint
+
+
+def _stub_name(e):
+    m = re.match(r"(\w+)_stub:", str(e))
+    return m.group(1) if m else None
+
+
+def verdict(name, fn, live=False):
+    """(ok, the one verdict line) for the learner's fn on exercise `name`."""
+    if name not in catalogue.BY_NAME:
+        known = ", ".join(catalogue.BY_NAME)
+        return False, f"{name}: no such exercise; the exercises are: {known}"
+    exercise = catalogue.BY_NAME[name]
+    store = fixtures.load()
+    results = []  # (case, args, out)
+    failure = None  # (case, problem, hint)
+    exact, max_diff = True, 0.0
+    for case in exercise.cases:
+        args = case.args(store)
+        expected = store[case.out]
+        try:
+            out = _call(fn, args)
+        except NotImplementedError as e:
+            stub = _stub_name(e)
+            extra = f" ({stub} is still a stub)" if stub and stub != name else ""
+            return False, f"{name}: not implemented yet{extra}"
+        except Exception as e:  # the learner's bug, reported in one line
+            if failure is None:
+                failure = (case, "raised " + _error_line(e), None)
+            continue
+        ok, is_exact, diff, problem, hint = _compare(exercise, case, out, expected, args)
+        if not ok:
+            if failure is None:
+                failure = (case, problem, hint)
+            elif failure[2] is None and hint:  # an earlier case failed without a hint: this one names it
+                failure = (failure[0], failure[1], hint)
+            if failure[2]:
+                break
+            continue
+        exact &= is_exact
+        max_diff = max(max_diff, diff)
+        results.append((case, args, out))
+    if failure is not None:
+        case, problem, hint = failure
+        if hint is None and problem.startswith("raised") and exercise.error_hint and "mismatch" in problem:
+            hint = exercise.error_hint
+        where = f" on the {case.name!r} case, {case.describe}" if len(exercise.cases) > 1 else ""
+        return False, f"{name}: WRONG: {problem}{where}" + (f" - looks like: {hint}" if hint else "")
+    line = f"{name}: " + ("exact" if exact else f"allclose (max diff {_fmt(max_diff)})")
+    if not live:
+        return True, line
+    ok, live_line = _live(exercise, results)
+    return ok, f"{line}; timm live: {live_line}"
+
+
+def _live(exercise, results):
+    """Compare the learner's outputs with timm run now on the same inputs."""
+    try:
+        from . import reference
+        reference._torch()
+    except ImportError:
+        return True, "skipped (needs torch and timm: pip install timm)"
+    torch_fn = getattr(reference, exercise.name)
+    exact, max_diff = True, 0.0
+    for case, args, out in results:
+        want = torch_fn(*copy.deepcopy(args))
+        if not _close(out, want, exercise.rtol, exercise.atol):
+            return False, (f"WRONG on the {case.name!r} case: {_where(out, want)} - timm today disagrees with the "
+                           "shipped fixtures; run: python tools/make_exercise_fixtures.py")
+        exact &= bool(np.array_equal(out, want))
+        max_diff = max(max_diff, float(np.abs(out.astype(np.float64) - want).max()))
+    return True, "exact" if exact else f"allclose (max diff {_fmt(max_diff)})"
+
+
+def check(name, fn, live=False):
+    """Run fn on exercise `name`'s fixed inputs, print one verdict line, return True if it is right.
+
+    live=True also compares with timm and torch run now (when they are installed).
+    """
+    ok, line = verdict(name, fn, live)
+    print(line)
+    return ok

@@ -1,0 +1,215 @@
+"""The classic mistakes, written out: each layer once more, with a switch for each way to get it wrong.
+
+The checker runs these on the exercise's own inputs and compares the learner's wrong answer
+with every variant: the one it matches names the mistake. The right answer is the default of
+every switch (and equals numpy_mixer.layers), so a variant differs from it in one place only.
+Weights keep PyTorch's layout, [out, in]; shapes as in numpy_mixer/layers.py (B, N, C, T, H, P, G, K).
+"""
+import math
+
+import numpy as np
+from PIL import Image
+
+from .. import layers
+from ..preprocess import _INTERPOLATION, center_crop, resize_shorter_side
+
+
+# --- LayerNorm, erf, GELU -------------------------------------------------------------------------
+
+def layer_norm(x, weight, bias, eps=1e-6, ddof=0, axis=-1, eps_outside=False, affine=True):
+    """LayerNorm with knobs: ddof=1 (unbiased variance), another axis, eps outside the sqrt, no weight/bias."""
+    mean = x.mean(axis=axis, keepdims=True)
+    var = ((x - mean) ** 2).sum(axis=axis, keepdims=True) / x.dtype.type(_count(x, axis) - ddof)
+    eps = x.dtype.type(eps)
+    y = (x - mean) / (np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps))
+    return y * weight + bias if affine else y
+
+
+def _count(x, axis):
+    axes = range(x.ndim) if axis is None else np.atleast_1d(axis)
+    return int(np.prod([x.shape[a] for a in axes]))
+
+
+def erf_abramowitz_stegun(x):
+    """Abramowitz & Stegun 7.1.26, as written for x >= 0 only (no odd-symmetry step): wrong for x < 0."""
+    t = 1 / (1 + x.dtype.type(0.3275911) * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return (1 - poly.astype(x.dtype) * np.exp(-x * x)).astype(x.dtype)
+
+
+def gelu(x, kind="erf"):
+    """GELU and the usual stand-ins: tanh approximation, sigmoid approximation, erf(x) without / sqrt(2)."""
+    half = x.dtype.type(0.5)
+    if kind == "erf":
+        return layers.gelu(x)
+    if kind == "tanh":  # torch.nn.GELU(approximate="tanh"), the GPT-2 / BERT formula
+        c = x.dtype.type(math.sqrt(2 / math.pi))
+        return half * x * (1 + np.tanh(c * (x + x.dtype.type(0.044715) * x ** 3)))
+    if kind == "sigmoid":  # x * sigmoid(1.702 x)
+        return x / (1 + np.exp(x.dtype.type(-1.702) * x))
+    if kind == "no_sqrt2":  # x/2 (1 + erf(x)): forgot to divide by sqrt(2)
+        return half * x * (1 + layers.erf(x))
+    if kind == "no_half":  # x (1 + erf(x / sqrt 2)): forgot the 1/2
+        return x * (1 + layers.erf(x * x.dtype.type(math.sqrt(0.5))))
+    if kind == "relu":
+        return np.maximum(x, 0)
+    if kind == "none":
+        return x
+    raise ValueError(kind)
+
+
+# --- linear, MLP ----------------------------------------------------------------------------------
+
+def linear(x, weight, bias, transpose=True, use_bias=True):
+    """x @ weight.T + bias, or the variants: x @ weight (no transpose), no bias."""
+    y = x @ (weight.T if transpose else weight)
+    return y + bias if use_bias else y
+
+
+def mlp(x, fc1, fc2, act="erf", transpose=True):
+    """fc1 -> act -> fc2, with the GELU and the weight transpose as switches. [..., D] -> [..., D]"""
+    h = gelu(linear(x, fc1["weight"], fc1["bias"], transpose), act)
+    return linear(h, fc2["weight"], fc2["bias"], transpose)
+
+
+# --- patches ---------------------------------------------------------------------------------------
+
+def patchify(x, patch_size=16, order="chw", grid="rows", method="transpose"):
+    """[B, 3, H, W] -> [B, N, 3*P*P]; order of each patch's values (chw right, hwc, cwh), token order
+    (rows right, columns), or method="reshape": a plain reshape that cuts rows, not tiles."""
+    B, c, height, width = x.shape
+    P = patch_size
+    gh, gw = height // P, width // P
+    if method == "reshape":
+        return x.reshape(B, gh * gw, c * P * P)
+    t = x.reshape(B, c, gh, P, gw, P)  # axes: b, c, gh, ph, gw, pw
+    grid_axes = (2, 4) if grid == "rows" else (4, 2)
+    patch_axes = {"chw": (1, 3, 5), "hwc": (3, 5, 1), "cwh": (1, 5, 3)}[order]
+    return t.transpose(0, *grid_axes, *patch_axes).reshape(B, gh * gw, c * P * P)
+
+
+def stem(x, proj, patch_size=16, order="chw", grid="rows", method="transpose", weight="right", use_bias=True):
+    """Patch embedding with the patchify switches, plus the weight used as W (no .T) or reshaped as
+    [3*P*P, C] (weight="flat_wrong"). [B, 3, H, W] -> [B, N, C]"""
+    w, b = proj["weight"], proj["bias"]
+    C = w.shape[0]
+    patches = patchify(x, patch_size, order, grid, method)
+    if weight == "right":
+        y = patches @ w.reshape(C, -1).T
+    elif weight == "no_transpose":
+        y = patches @ w.reshape(C, -1)
+    elif weight == "flat_wrong":
+        y = patches @ w.reshape(-1, C)
+    else:
+        raise ValueError(weight)
+    return y + b if use_bias else y
+
+
+# --- token mixing, channel mixing, the block ------------------------------------------------------
+
+def token_mixing(x, norm1, mlp_tokens, transposes="swap", residual="x", act="erf", ln=None,
+                 norm_after_transpose=False):
+    """x + mlp_tokens(norm1(x) in [B, C, N]) in [B, N, C], with switches for each mistake:
+    transposes "swap" (right) / "none" / "reshape"; residual "x" (right) / "none" / "normed";
+    act for the GELU; ln: LayerNorm knobs; norm_after_transpose: normalise over tokens. [B, N, C] -> [B, N, C]"""
+    ln = ln or {}
+    B, N, C = x.shape
+    if norm_after_transpose:  # transpose first, then LayerNorm over the last axis (now the tokens)
+        y = layer_norm(x.swapaxes(1, 2), norm1["weight"], norm1["bias"], **ln)
+        y = mlp(y, **mlp_tokens, act=act).swapaxes(1, 2)
+        return x + y
+    normed = layer_norm(x, norm1["weight"], norm1["bias"], **ln)
+    if transposes == "swap":
+        y = mlp(normed.swapaxes(1, 2), **mlp_tokens, act=act).swapaxes(1, 2)
+    elif transposes == "none":
+        y = mlp(normed, **mlp_tokens, act=act)
+    elif transposes == "reshape":
+        y = mlp(normed.reshape(B, C, N), **mlp_tokens, act=act).reshape(B, N, C)
+    else:
+        raise ValueError(transposes)
+    return {"x": x + y, "none": y, "normed": normed + y}[residual]
+
+
+def channel_mixing(x, norm2, mlp_channels, residual="x", act="erf", ln=None, transpose=True, mix_tokens=False):
+    """x + mlp_channels(norm2(x)), with switches: residual, act, ln knobs, weight transpose, and
+    mix_tokens (the MLP applied across tokens, as a token mixing). [B, N, C] -> [B, N, C]"""
+    normed = layer_norm(x, norm2["weight"], norm2["bias"], **(ln or {}))
+    if mix_tokens:
+        y = mlp(normed.swapaxes(1, 2), **mlp_channels, act=act, transpose=transpose).swapaxes(1, 2)
+    else:
+        y = mlp(normed, **mlp_channels, act=act, transpose=transpose)
+    return {"x": x + y, "none": y, "normed": normed + y}[residual]
+
+
+def mixer_block(x, norm1, mlp_tokens, norm2, mlp_channels, order="token_first", token=None, channel=None):
+    """Token mixing then channel mixing; order "channel_first", "parallel" (both from the same x) or
+    "swapped_norms" (norm2 in token mixing, norm1 in channel mixing); token/channel: switches for each half."""
+    token, channel = token or {}, channel or {}
+    if order == "token_first":
+        return channel_mixing(token_mixing(x, norm1, mlp_tokens, **token), norm2, mlp_channels, **channel)
+    if order == "channel_first":
+        return token_mixing(channel_mixing(x, norm2, mlp_channels, **channel), norm1, mlp_tokens, **token)
+    if order == "parallel":
+        t = token_mixing(x, norm1, mlp_tokens, **token) - x
+        c = channel_mixing(x, norm2, mlp_channels, **channel) - x
+        return x + t + c
+    if order == "swapped_norms":
+        return channel_mixing(token_mixing(x, norm2, mlp_tokens, **token), norm1, mlp_channels, **channel)
+    raise ValueError(order)
+
+
+# --- pooling, the whole model ---------------------------------------------------------------------
+
+def global_pool(x, kind="mean"):
+    """Mean over the tokens, or: max over tokens, sum, the first token, mean over channels. [B, N, C] -> [B, C]"""
+    if kind == "mean":
+        return x.mean(axis=1)
+    if kind == "max":
+        return x.max(axis=1)
+    if kind == "sum":
+        return x.sum(axis=1)
+    if kind == "first":
+        return x[:, 0]
+    if kind == "channels":
+        return x.mean(axis=2)
+    raise ValueError(kind)
+
+
+def forward(x, params, patch_size=16, pool="mean", final_norm=True, stem_kw=None, block=None, head=True):
+    """The whole model with switches: pooling, the final norm, the stem's and each block's mistakes,
+    the head. [B, 3, H, W] -> [B, K]"""
+    p = params
+    y = stem(x, p["stem"]["proj"], patch_size, **(stem_kw or {}))  # [B, N, C]
+    for blk in p["blocks"]:
+        y = mixer_block(y, **blk, **(block or {}))
+    if final_norm:
+        y = layer_norm(y, p["norm"]["weight"], p["norm"]["bias"])
+    y = global_pool(y, pool)  # [B, C]
+    return linear(y, p["head"]["weight"], p["head"]["bias"]) if head and "head" in p else y
+
+
+# --- preprocessing ---------------------------------------------------------------------------------
+
+GOOG_MEAN, GOOG_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def preprocess(img, interpolation="bicubic", crop="center", mean=GOOG_MEAN, std=GOOG_STD, chw=True,
+               scale=True, size=224, crop_pct=0.875):
+    """timm's eval transform for mixer_b16_224.goog_in21k_ft_in1k, with switches: interpolation; crop
+    "center" (right) / "squash" (resize straight to size x size) / "short_side" (shorter side to size,
+    then crop: crop_pct ignored); mean/std; chw=False leaves HWC; scale=False skips / 255. [H, W, 3] uint8 -> [3, S, S]"""
+    pil = Image.fromarray(img)
+    if crop == "center":
+        pil = center_crop(resize_shorter_side(pil, math.floor(size / crop_pct), interpolation), size)
+    elif crop == "squash":
+        pil = pil.resize((size, size), _INTERPOLATION[interpolation])
+    elif crop == "short_side":
+        pil = center_crop(resize_shorter_side(pil, size, interpolation), size)
+    else:
+        raise ValueError(crop)
+    x = np.asarray(pil, np.float32)
+    if scale:
+        x = x / np.float32(255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # [S, S, 3]
+    return x.transpose(2, 0, 1) if chw else x
