@@ -47,7 +47,14 @@ def load_image(img):
 
 
 def to_rgb(img):
-    """Any Pillow mode -> RGB, as `Image.open(f).convert("RGB")` in timm's inference scripts."""
+    """Any Pillow mode -> RGB, as `Image.open(f).convert("RGB")` in timm's inference scripts.
+
+    16-bit grayscale (I;16, as Pillow opens 16-bit PNG and TIFF) is first scaled to 8 bits
+    (0..65535 -> 0..255): Pillow's own conversion would clip every value above 255 to white.
+    """
+    if img.mode.startswith("I;16"):
+        gray = np.asarray(img).astype(np.float32) / np.float32(257)  # 65535 / 255 = 257
+        img = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8), "L")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
