@@ -28,6 +28,12 @@ PRETRAINED = {
     "mixer_b16_224.miil_in21k": dict(_MIIL, num_classes=11221, labels="imagenet-21k-miil"),
     "mixer_b16_224.miil_in21k_ft_in1k": dict(_MIIL, num_classes=1000, labels="imagenet-1k"),
 }
+# Shipped inside the package, no download: a small Mixer trained on scikit-learn's 8x8 digits by
+# tools/train_digits.py (dark ink on a light background; upsampled with Pillow's bilinear to 16x16).
+BUNDLED = {
+    "digits": dict(mean=(0.7, 0.7, 0.7), std=(0.32, 0.32, 0.32), interpolation="bilinear", crop_pct=1.0,
+                   num_classes=10, labels=[str(i) for i in range(10)]),
+}
 # A bare .safetensors file carries no preprocessing config: assume Google's (most Mixer weights).
 DEFAULT_PREPROCESSING = _GOOG
 LABEL_SETS_BY_CLASSES = {1000: "imagenet-1k", 21843: "imagenet-21k-goog", 11221: "imagenet-21k-miil"}
@@ -197,6 +203,8 @@ def read_safetensors(path):
 def resolve(name_or_path):
     """A local file path, or a timm name -> (local file, pretrained config or None)."""
     text = os.fspath(name_or_path)
+    if text in BUNDLED:  # before the path check, so a folder named "digits" does not shadow it
+        return os.path.join(os.path.dirname(__file__), "data", f"{text}.safetensors"), dict(BUNDLED[text], name=text)
     if os.path.exists(text) or text.lower().endswith((".safetensors",) + _PICKLE_SUFFIXES) or os.sep in text:
         return text, None
     name = text.removeprefix("timm/").removeprefix("hf-hub:timm/").removeprefix("hf_hub:timm/")

@@ -1,0 +1,284 @@
+"""Training in NumPy: timm's init, AdamW, warmup + cosine, mini-batches; a linear probe; the digits data.
+
+    model = MlpMixer(init_state_dict(config, seed=0), pretrained_cfg)      # fresh weights, timm's init
+    history = train(model, x, y, x_val, y_val, epochs=40, lr=2e-3)          # every weight, AdamW
+    history = linear_probe(model, x, y, num_classes=10)                     # a new head on frozen features
+
+Gradients come from numpy_mixer.backward; everything stays float32 (the dtype of the weights).
+"""
+import math
+import time
+
+import numpy as np
+
+from . import backward
+from .model import flatten, nest
+from .weights import expected_shapes
+
+# --- initial weights ---------------------------------------------------------------------------------
+
+
+def init_state_dict(config, seed=0, dtype=np.float32):
+    """Fresh weights with timm's keys, drawn as timm's MlpMixer init does (timm/models/mlp_mixer.py,
+    _init_weights): linear xavier-uniform, MLP biases N(0, 1e-6), stem conv lecun-normal with zero bias,
+    LayerNorm 1 and 0, head zero."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in expected_shapes(config).items():
+        if key.startswith("head."):
+            value = np.zeros(shape)  # timm zero-initialises the classifier
+        elif key == "stem.proj.weight":  # lecun normal: truncated normal, std sqrt(1 / fan_in)
+            std = math.sqrt(1.0 / np.prod(shape[1:])) / 0.87962566103423978  # std of N(0,1) cut at +-2
+            value = np.clip(rng.standard_normal(shape), -2, 2) * std
+        elif key.endswith("weight") and len(shape) == 2:  # xavier uniform: U(+-sqrt(6 / (fan_in + fan_out)))
+            bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+            value = rng.uniform(-bound, bound, shape)
+        elif "norm" in key:
+            value = np.ones(shape) if key.endswith("weight") else np.zeros(shape)
+        elif "mlp" in key:  # MLP biases
+            value = 1e-6 * rng.standard_normal(shape)
+        else:  # stem bias
+            value = np.zeros(shape)
+        state[key] = value.astype(dtype)
+    return state
+
+
+# --- optimiser and schedule ------------------------------------------------------------------------------
+
+
+def cosine_lr(step, total_steps, lr, warmup_steps=0, min_lr=0.0):
+    """Linear warmup from 0 to lr over warmup_steps, then cosine decay to min_lr at total_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class AdamW:
+    """torch.optim.AdamW (decoupled weight decay), in place on nested params.
+
+    Weight decay applies to matrices and conv kernels only, not to biases and LayerNorm (ndim 1),
+    as timm's optimizer factory does by default.
+    """
+
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05):
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.step_count = 0
+        self.m = {k: np.zeros_like(v) for k, v in flatten(params).items()}  # first moment
+        self.v = {k: np.zeros_like(v) for k, v in flatten(params).items()}  # second moment
+
+    def step(self, params, grads, lr):
+        """One update of every array in params (in place), with learning rate lr."""
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        correction1 = 1 - beta1 ** self.step_count  # bias corrections for the zero-initialised moments
+        correction2 = 1 - beta2 ** self.step_count
+        flat_grads = flatten(grads)
+        for key, p in flatten(params).items():
+            g = flat_grads[key]
+            m, v = self.m[key], self.v[key]
+            m *= beta1
+            m += (1 - beta1) * g  # m = beta1 m + (1 - beta1) g
+            v *= beta2
+            v += (1 - beta2) * g * g  # v = beta2 v + (1 - beta2) g^2
+            if p.ndim > 1 and self.weight_decay:
+                p *= 1 - lr * self.weight_decay  # decoupled decay: shrink the weight, not the gradient
+            denom = np.sqrt(v) / math.sqrt(correction2) + self.eps
+            p -= (lr / correction1) * m / denom
+
+
+# --- the training loop -----------------------------------------------------------------------------------
+
+
+def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10, batch_size=64, lr=1e-3,
+        weight_decay=0.05, warmup_epochs=1, min_lr=0.0, seed=0, augment=None, progress=True, desc="train",
+        blas_threads=1):
+    """Mini-batch AdamW on params (nested arrays, updated in place) with a warmup + cosine schedule.
+
+    loss_and_grads(params, xb, yb) -> (loss, logits, grads); predict(params, x) -> logits;
+    augment(xb, rng) -> xb, applied to training batches only.
+    blas_threads: the matmuls of a small model's mini-batch are small, and one BLAS thread is as fast
+    as two; with more, OpenBLAS spin-waits and runs ~50x slower when other processes share the cores.
+    Returns the history: per step "loss" and "lr"; per epoch "train_loss", "train_acc", "val_acc".
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _fit(params, loss_and_grads, predict, x, y, x_val, y_val, epochs, batch_size, lr, weight_decay,
+                    warmup_epochs, min_lr, seed, augment, progress, desc)
+
+
+def _fit(params, loss_and_grads, predict, x, y, x_val, y_val, epochs, batch_size, lr, weight_decay,
+         warmup_epochs, min_lr, seed, augment, progress, desc):
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    optimizer = AdamW(params, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    total_steps = epochs * steps_per_epoch
+    history = {"loss": [], "lr": [], "train_loss": [], "train_acc": [], "val_acc": [], "epoch_time_s": []}
+    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
+    step = 0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = rng.permutation(len(x))
+        losses, correct = [], 0
+        for first in range(0, len(x), batch_size):
+            batch = order[first:first + batch_size]
+            xb, yb = x[batch], y[batch]
+            if augment is not None:
+                xb = augment(xb, rng)
+            step_lr = cosine_lr(step, total_steps, lr, warmup_epochs * steps_per_epoch, min_lr)
+            loss, logits, grads = loss_and_grads(params, xb, yb)
+            optimizer.step(params, grads, step_lr)
+            losses.append(float(loss))
+            correct += int((logits.argmax(axis=-1) == yb).sum())
+            history["loss"].append(float(loss))
+            history["lr"].append(step_lr)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
+        history["train_loss"].append(float(np.mean(losses)))
+        history["train_acc"].append(correct / len(x))  # over the epoch, as the weights moved
+        if x_val is not None:
+            history["val_acc"].append(accuracy(predict(params, x_val), y_val))
+            bar.set_postfix(epoch=epoch + 1, loss=f"{history['train_loss'][-1]:.3f}",
+                            val_acc=f"{history['val_acc'][-1]:.3f}")
+        history["epoch_time_s"].append(time.perf_counter() - start)
+    bar.close()
+    return history
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose largest logit is the label. [B, K], [B] -> float"""
+    return float((np.asarray(logits).argmax(axis=-1) == labels).mean())
+
+
+def _writable(model):
+    """Loaded weights are read-only memory maps: give the model its own float copies to train."""
+    model.params = nest({k: np.array(v, model.dtype) for k, v in model.state_dict().items()})
+
+
+def predict_logits(model, x, batch_size=256):
+    """model(x) in batches, without the input checks. [B, 3, H, W] -> [B, K]"""
+    P = model.config.patch_size
+    return np.concatenate([backward.forward_with_cache(x[i:i + batch_size], model.params, P)[0]
+                           for i in range(0, len(x), batch_size)])
+
+
+def train(model, x, y, x_val=None, y_val=None, epochs=40, batch_size=64, lr=2e-3, weight_decay=0.05,
+          warmup_epochs=2, min_lr=1e-5, seed=0, augment=None, progress=True):
+    """Train every weight of an MlpMixer with a head on images x [B, 3, H, W] and labels y [B].
+
+    The model's weights are replaced by trained ones (float32 copies); returns the history (see fit).
+    """
+    if model.num_classes == 0:
+        raise ValueError("the model has no head: call model.reset_classifier(num_classes) first")
+    _writable(model)
+    x, x_val = model._cast(np.asarray(x)), None if x_val is None else model._cast(np.asarray(x_val))
+    P = model.config.patch_size
+    return fit(model.params,
+               lambda params, xb, yb: backward.loss_and_grads(params, xb, yb, P),
+               lambda params, xv: predict_logits(model, xv),
+               x, np.asarray(y), x_val, None if y_val is None else np.asarray(y_val), epochs, batch_size, lr,
+               weight_decay, warmup_epochs, min_lr, seed, augment, progress, desc="train")
+
+
+# --- linear probe: a new head on the frozen pre-logits --------------------------------------------------
+
+
+def embeddings(model, x, batch_size=64, progress=False):
+    """Pre-logits of any Mixer (pooled, normalised tokens; the head's input). [B, 3, H, W] -> [B, C]"""
+    from tqdm.auto import tqdm
+
+    chunks = []
+    for i in tqdm(range(0, len(x), batch_size), desc="embeddings", disable=not progress, leave=False):
+        chunks.append(model.forward_head(model.forward_features(x[i:i + batch_size]), pre_logits=True))
+    return np.concatenate(chunks)
+
+
+def head_loss_and_grads(head_params, features, labels):
+    """Cross-entropy of a linear head on features, and its gradient. [B, C], [B] -> (loss, logits, grads)"""
+    logits, cache = backward.head_forward(features, **head_params)  # [B, C] -> [B, K]
+    loss, loss_cache = backward.softmax_cross_entropy_forward(logits, labels)
+    _, grads = backward.head_backward(backward.softmax_cross_entropy_backward(loss_cache), cache)
+    return loss, logits, grads
+
+
+def fit_head(features, labels, num_classes, features_val=None, labels_val=None, epochs=100, batch_size=64,
+             lr=1e-2, weight_decay=1e-4, warmup_epochs=0, seed=0, progress=True):
+    """A linear classifier on fixed features, trained with AdamW from zero. -> ({"weight", "bias"}, history)
+
+    features [B, C], labels [B] integers in [0, num_classes).
+    """
+    features = np.asarray(features)
+    C = features.shape[1]
+    head_params = {"weight": np.zeros((num_classes, C), features.dtype),
+                   "bias": np.zeros((num_classes,), features.dtype)}
+    history = fit(head_params, head_loss_and_grads, lambda p, f: backward.head_forward(f, **p)[0],
+                  features, np.asarray(labels), features_val, labels_val, epochs, batch_size, lr, weight_decay,
+                  warmup_epochs, 0.0, seed, None, progress, desc="linear probe")
+    return head_params, history
+
+
+def linear_probe(model, x, y, num_classes=None, labels=None, x_val=None, y_val=None, **fit_kwargs):
+    """Give any loaded Mixer a new head trained on its frozen pre-logits (timm's reset_classifier + fit).
+
+    x: images [B, 3, H, W] as model.preprocess makes them; y: integer labels; num_classes defaults to
+    max(y) + 1; labels: optional class names for predict. The trunk is not changed. Returns the history.
+    """
+    y = np.asarray(y)
+    num_classes = num_classes or int(y.max()) + 1
+    features = embeddings(model, x, progress=fit_kwargs.get("progress", True))  # [B, C]
+    features_val = None if x_val is None else embeddings(model, x_val)
+    head_params, history = fit_head(features, y, num_classes, features_val, y_val, **fit_kwargs)
+    model.reset_classifier(num_classes)
+    model.params["head"] = head_params
+    if labels is not None:
+        model.pretrained_cfg["labels"] = list(labels)
+    return history
+
+
+# --- scikit-learn's 8x8 digits as images ---------------------------------------------------------------
+
+
+def digit_image(values):
+    """An 8x8 digit of sklearn's load_digits (0 = paper, 16 = ink) -> the uint8 picture a user would draw:
+    dark ink on a white background. [8, 8] -> [8, 8] uint8"""
+    ink = np.asarray(values, np.float64) / 16.0
+    return np.round(255 * (1 - ink)).astype(np.uint8)
+
+
+def digits_data(cfg, test_size=0.2, split_seed=0):
+    """sklearn's digits, preprocessed exactly as a user's PNG is, with a stratified held-out split.
+
+    cfg: the digits model's pretrained_cfg (input size, interpolation, mean, std, crop_pct).
+    Each 8x8 digit goes through numpy_mixer.preprocess.preprocess as an 8x8 image, so the 8x8 -> 16x16
+    upsampling is the cfg's interpolation (Pillow), as for any picture given to predict.
+    Returns (x_train, y_train, x_test, y_test, images_test): x [B, 3, S, S] float32, images uint8 [B, 8, 8].
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from .preprocess import preprocess
+
+    digits = load_digits()
+    images = np.stack([digit_image(v) for v in digits.images])  # [1797, 8, 8] uint8
+    x = np.stack([preprocess(img, cfg) for img in images])  # [1797, 3, S, S] float32
+    index_train, index_test = train_test_split(np.arange(len(x)), test_size=test_size, random_state=split_seed,
+                                               stratify=digits.target)
+    return x[index_train], digits.target[index_train], x[index_test], digits.target[index_test], images[index_test]
+
+
+def random_shift(max_shift, fill):
+    """An augment(xb, rng) for fit: move each image by up to max_shift pixels, filling with `fill`
+    (the normalised background). [B, 3, S, S] -> [B, 3, S, S]"""
+
+    def augment(xb, rng):
+        B, _, S, _ = xb.shape
+        padded = np.pad(xb, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)),
+                        constant_values=fill)
+        dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, B))
+        return np.stack([padded[i, :, dy[i]:dy[i] + S, dx[i]:dx[i] + S] for i in range(B)])
+
+    return augment
