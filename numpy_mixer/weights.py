@@ -205,7 +205,7 @@ def resolve(name_or_path):
     text = os.fspath(name_or_path)
     if text in BUNDLED:  # before the path check, so a folder named "digits" does not shadow it
         return os.path.join(os.path.dirname(__file__), "data", f"{text}.safetensors"), dict(BUNDLED[text], name=text)
-    if os.path.exists(text) or text.lower().endswith((".safetensors",) + _PICKLE_SUFFIXES) or os.sep in text:
+    if os.path.exists(text) or text.lower().endswith((".safetensors",) + _PICKLE_SUFFIXES):
         return text, None
     name = text.removeprefix("timm/").removeprefix("hf-hub:timm/").removeprefix("hf_hub:timm/")
     if "." not in name:  # a bare architecture picks its first pretrained tag, as timm does
@@ -214,11 +214,16 @@ def resolve(name_or_path):
             if name in ARCHITECTURES:
                 raise MixerError(f"{name} has no pretrained weights in timm; pass a local .safetensors file "
                                  "(--weights FILE)")
-            raise MixerError(f"unknown model {name!r}; known: {', '.join(PRETRAINED)}")
+            raise _unknown(name)
         name = tags[0]
     if name not in PRETRAINED:
-        raise MixerError(f"unknown model {name!r}; known: {', '.join(PRETRAINED)}")
+        raise _unknown(name)
     return _download(name), dict(PRETRAINED[name], name=name)
+
+
+def _unknown(name):
+    return MixerError(f"unknown model {name!r} (and no such file); known names: {', '.join(PRETRAINED)}, "
+                      "or a path to a .safetensors file")
 
 
 def _download(name):
