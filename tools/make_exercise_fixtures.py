@@ -3,7 +3,8 @@
 Inputs are seeded (numpy_mixer/exercises/fixtures.py: build_inputs); every answer is computed by
 timm's own modules (numpy_mixer/exercises/reference.py); the full-size mixer_b16 block's weights
 are regenerated from a seed and only their SHA-256 is saved. Writes
-numpy_mixer/exercises/fixtures/exercises.safetensors (no pickle). Run: python tools/make_exercise_fixtures.py
+numpy_mixer/exercises/fixtures/{small,full_size}.safetensors (no pickle).
+Run: python tools/make_exercise_fixtures.py [output directory]
 """
 import os
 import sys
@@ -17,9 +18,10 @@ from numpy_mixer.exercises import fixtures
 def main():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     arrays, metadata = fixtures.build_fixtures()
-    path = fixtures.save(arrays, metadata, sys.argv[1] if len(sys.argv) > 1 else fixtures.FIXTURE_PATH)
-    total = sum(a.nbytes for a in arrays.values())
-    print(f"{path}: {len(arrays)} tensors, {total / 1e6:.2f} MB of data, {os.path.getsize(path) / 1e6:.2f} MB on disk")
+    paths = fixtures.save(arrays, metadata, sys.argv[1] if len(sys.argv) > 1 else fixtures.FIXTURE_DIR)
+    for path in paths:
+        print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB")
+    print(f"{len(arrays)} tensors, {sum(a.nbytes for a in arrays.values()) / 1e6:.2f} MB of data")
     for key in sorted(arrays):
         if key.endswith("/out"):
             a = arrays[key]

@@ -5,7 +5,7 @@ weights keep timm's key names after the case ("token_mixing/small/mlp_tokens.fc1
 The full-size mixer_b16 weights are not shipped: they are regenerated from a seed with
 numpy_mixer.checkpoint.random_state_dict (NumPy's PCG64), and their SHA-256 is stored in the
 fixture file's metadata so that a change in NumPy's random stream is caught, not silently used.
-Regenerate everything from timm with: python tools/make_exercise_fixtures.py
+Regenerate everything from timm with: python tools/make_exercise_fixtures.py (writes FIXTURE_FILES)
 """
 import hashlib
 import os
@@ -18,7 +18,13 @@ from ..errors import MixerError
 from ..model import nest
 from ..weights import MixerConfig
 
-FIXTURE_PATH = os.path.join(os.path.dirname(__file__), "fixtures", "exercises.safetensors")
+FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
+# two files, so that the small one can be remade without touching the large one (git keeps every version)
+FIXTURE_FILES = ("small.safetensors", "full_size.safetensors")  # full size: the mixer_b16 block, the photos
+
+
+def _file_for(key):
+    return FIXTURE_FILES[1] if key.startswith("preprocess/") or "/b16/" in key else FIXTURE_FILES[0]
 
 # The full-size block: mixer_b16_224's stem and first block, seeded; no head (num_classes=0).
 B16_CONFIG = config_for("mixer_b16_224", depth=1, num_classes=0)
@@ -105,7 +111,9 @@ def build_inputs():
         N, C = cfg.num_patches, cfg.embed_dim
         for name, keys in [("token_mixing", ("norm1", "mlp_tokens")), ("channel_mixing", ("norm2", "mlp_channels")),
                            ("mixer_block", ("norm1", "mlp_tokens", "norm2", "mlp_channels"))]:
-            inputs[f"{name}/{case}/x"] = normal(r, 2, N, C)
+            # some quiet tokens (std 0.02 and 0.005), on which LayerNorm's eps shows
+            quiet = np.array([1.0, 0.02, 2.0, 0.005], f32)[np.arange(N) % 4][None, :, None]
+            inputs[f"{name}/{case}/x"] = (normal(r, 2, N, C) * quiet).astype(f32)
             inputs.update(_flat(f"{name}/{case}", {k: block[k] for k in keys}))
         inputs[f"global_pool/{case}/x"] = normal(r, 2, N, C) + normal(r, 1, 1, C)  # a mean per channel
 
@@ -153,7 +161,7 @@ class Store:
         try:
             return self.arrays[key]
         except KeyError:
-            raise MixerError(f"{FIXTURE_PATH}: no fixture {key!r}; run: python tools/make_exercise_fixtures.py") from None
+            raise MixerError(f"{FIXTURE_DIR}: no fixture {key!r}; run: python tools/make_exercise_fixtures.py") from None
 
     def __contains__(self, key):
         return key in self.arrays
@@ -175,11 +183,14 @@ class Store:
 def load():
     """The shipped fixtures, read once (safetensors: no pickle)."""
     from safetensors import safe_open
-    if not os.path.isfile(FIXTURE_PATH):
-        raise MixerError(f"{FIXTURE_PATH}: missing; run: python tools/make_exercise_fixtures.py")
-    with safe_open(FIXTURE_PATH, framework="numpy") as f:
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
-        metadata = f.metadata() or {}
+    arrays, metadata = {}, {}
+    for name in FIXTURE_FILES:
+        path = os.path.join(FIXTURE_DIR, name)
+        if not os.path.isfile(path):
+            raise MixerError(f"{path}: missing; run: python tools/make_exercise_fixtures.py")
+        with safe_open(path, framework="numpy") as f:
+            arrays.update({k: f.get_tensor(k) for k in f.keys()})
+            metadata.update(f.metadata() or {})
     return Store(arrays, metadata)
 
 
@@ -201,8 +212,13 @@ def build_fixtures():
     return store.arrays, metadata
 
 
-def save(arrays, metadata, path=FIXTURE_PATH):
+def save(arrays, metadata, directory=FIXTURE_DIR):
+    """Write the fixtures as safetensors, split in FIXTURE_FILES; returns the paths."""
     from safetensors.numpy import save_file
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}, path, metadata=metadata)
-    return path
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for name in FIXTURE_FILES:
+        part = {k: np.ascontiguousarray(v) for k, v in sorted(arrays.items()) if _file_for(k) == name}
+        paths.append(os.path.join(directory, name))
+        save_file(part, paths[-1], metadata=metadata)
+    return paths
