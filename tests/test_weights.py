@@ -146,7 +146,8 @@ print(float(m.params["head"]["bias"][:5].sum()))
     assert float(result.stdout) == pytest.approx(float(state["head.bias"][:5].sum()), rel=1e-6)
 
 
-def test_hub_offline_without_cache_says_how_to_pass_a_file(tmp_path):
+def offline_load_error(hf_home):
+    """The MixerError message of load_model(TAG) in a fresh offline process."""
     code = f"""
 from numpy_mixer import load_model
 from numpy_mixer.errors import MixerError
@@ -155,21 +156,17 @@ try:
 except MixerError as e:
     print(e)
 """
-    result = run_offline(code, tmp_path)
+    result = run_offline(code, hf_home)
     assert result.returncode == 0, result.stderr
-    assert f"cannot download timm/{TAG}" in result.stdout and "--weights FILE" in result.stdout
+    return result.stdout
+
+
+def test_hub_offline_without_cache_says_how_to_pass_a_file(tmp_path):
+    message = offline_load_error(tmp_path)
+    assert f"cannot download timm/{TAG}" in message and "--weights FILE" in message
 
 
 def test_hub_checkpoint_of_the_wrong_architecture_is_caught(tmp_path, make_checkpoint):
     path, _ = make_checkpoint("mixer_s32_224")
     write_hub_cache(tmp_path, f"timm/{TAG}", path)
-    code = f"""
-from numpy_mixer import load_model
-from numpy_mixer.errors import MixerError
-try:
-    load_model("{TAG}")
-except MixerError as e:
-    print(e)
-"""
-    result = run_offline(code, tmp_path)
-    assert "download it again" in result.stdout, result.stdout + result.stderr
+    assert "download it again" in offline_load_error(tmp_path)
