@@ -419,7 +419,7 @@ timm's MlpMixer loaded with the same weights.""",
                    lambda x, p, P=16: M.forward(x, p, P, head=False))],
         error_hint="check every step's shapes against the legend in numpy_mixer/layers.py"),
     Exercise(
-        "preprocess", "4 the whole model", "timm's eval transform: resize 256 bicubic, centre crop 224, normalise",
+        "preprocess", "5 preprocessing", "timm's eval transform: resize 256 bicubic, centre crop 224, normalise",
         """\
 preprocess(img): an RGB photo to the model's input, as timm's eval transform for
 mixer_b16_224.goog_in21k_ft_in1k does it.
