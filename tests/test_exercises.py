@@ -325,3 +325,18 @@ def test_exercise_notebooks_hold_current_statements_without_outputs():
                 assert catalogue.BY_NAME[name].statement in text["markdown"], f"{path.name}: stale statement of {name}"
                 assert f'raise NotImplementedError("{name}: your code here")' in text["code"]
     assert seen == EXERCISES
+
+
+def test_checks_work_without_torch():
+    """A learner with NumPy only: checks run from the shipped fixtures; live=True says it is skipped."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
+            "from numpy_mixer.exercises import check, solutions\n"
+            "assert check('mixer_block', solutions.mixer_block, live=True)\n"
+            "assert not check('gelu', lambda x: x)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("mixer_block: allclose") and lines[0].endswith("timm live: skipped (needs torch and timm: pip install timm)")
+    assert lines[1].startswith("gelu: WRONG: ")
