@@ -282,3 +282,16 @@ def random_shift(max_shift, fill):
         return np.stack([padded[i, :, dy[i]:dy[i] + S, dx[i]:dx[i] + S] for i in range(B)])
 
     return augment
+
+
+def training_record(name_or_path="digits"):
+    """What tools/train_digits.py stored beside the weights: ({metrics}, {per-epoch curves})."""
+    import json
+
+    from safetensors import safe_open
+
+    from .weights import resolve
+
+    with safe_open(resolve(name_or_path)[0], "numpy") as f:
+        metadata = f.metadata() or {}
+    return json.loads(metadata.get("metrics", "{}")), json.loads(metadata.get("history", "{}"))

@@ -1,0 +1,168 @@
+"""Training in NumPy: AdamW vs torch's, the schedule, a short digits run, the shipped digits model
+(held-out accuracy, load_model("digits"), the command line on PNGs), and a linear probe."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from numpy_mixer import load_model, predict
+from numpy_mixer.backward import loss_and_grads
+from numpy_mixer.checkpoint import random_state_dict
+from numpy_mixer.model import MlpMixer, flatten, nest
+from numpy_mixer.train import (AdamW, accuracy, cosine_lr, digits_data, embeddings, init_state_dict,
+                               linear_probe, predict_logits, random_shift, train)
+from numpy_mixer.weights import BUNDLED, MixerConfig, resolve
+
+DIGITS_CFG = dict(BUNDLED["digits"], input_size=(3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn's digits through the digits preprocessing: x_train, y_train, x_test, y_test, images_test."""
+    return digits_data(DIGITS_CFG)
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return load_model("digits")
+
+
+def test_adamw_matches_torch_adamw_with_no_decay_on_vectors(rng):
+    params = {"fc": {"weight": rng.standard_normal((4, 3)), "bias": rng.standard_normal(4)}}
+    torch_params = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in flatten(params).items()}
+    optimizer_t = torch.optim.AdamW([{"params": [torch_params["fc.weight"]], "weight_decay": 0.1},
+                                     {"params": [torch_params["fc.bias"]], "weight_decay": 0.0}], lr=0.1)
+    optimizer = AdamW(params, weight_decay=0.1)
+    for step in range(5):
+        grads = {"fc": {"weight": rng.standard_normal((4, 3)), "bias": rng.standard_normal(4)}}
+        for k, g in flatten(grads).items():
+            torch_params[k].grad = torch.from_numpy(g.copy())
+        lr = 0.1 * (step + 1) / 5
+        for group in optimizer_t.param_groups:
+            group["lr"] = lr
+        optimizer_t.step()
+        optimizer.step(params, grads, lr)
+    for k, v in flatten(params).items():
+        np.testing.assert_allclose(v, torch_params[k].detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    lrs = [cosine_lr(s, 100, 1.0, warmup_steps=10, min_lr=0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # decreasing after the warmup
+    assert cosine_lr(100, 100, 1.0, 10, 0.01) == pytest.approx(0.01)
+
+
+def test_init_is_timms_init_scale(rng):
+    config = MixerConfig(4, 16, 3, 64, 2, 32, 256, 10)
+    state = init_state_dict(config, seed=0)
+    assert all(v.dtype == np.float32 for v in state.values())
+    assert not state["head.weight"].any() and (state["norm.weight"] == 1).all()
+    w = state["blocks.0.mlp_channels.fc1.weight"]  # xavier uniform: std sqrt(2 / (fan_in + fan_out))
+    assert w.std() == pytest.approx(np.sqrt(2 / (64 + 256)), rel=0.05)
+
+
+SHORT_RUN_ACCURACY = 0.90
+
+
+def test_short_training_run_on_digits_reaches_90_percent(digits):
+    """A tiny Mixer (2 blocks, width 32) for 8 epochs: >= 90% held-out (the shipped recipe reaches ~98%)."""
+    x_train, y_train, x_test, y_test, _ = digits
+    config = MixerConfig(4, 16, 3, 32, 2, 16, 128, 10)
+    model = MlpMixer(init_state_dict(config, seed=0), DIGITS_CFG, "tiny digits")
+    history = train(model, x_train, y_train, x_test, y_test, epochs=8, batch_size=64, lr=3e-3, warmup_epochs=1,
+                    seed=0, progress=False)
+    assert history["train_loss"][-1] < 0.5 * history["train_loss"][0]
+    assert history["val_acc"][-1] >= SHORT_RUN_ACCURACY, history["val_acc"]
+    assert all(v.dtype == np.float32 for v in model.state_dict().values())
+
+
+def test_random_shift_moves_the_ink_and_fills_with_paper(rng):
+    x = np.full((2, 3, 16, 16), -1.0, np.float32)
+    x[:, :, 8, 8] = 5.0
+    shifted = random_shift(2, fill=-1.0)(x, rng)
+    assert shifted.shape == x.shape and shifted.dtype == np.float32
+    assert (shifted == 5.0).sum() == 2 * 3 and (shifted == -1.0).sum() == x.size - 6
+
+
+def test_shipped_digits_model_heldout_accuracy_is_at_least_97_percent(digits, digits_model):
+    _, _, x_test, y_test, _ = digits
+    acc = accuracy(digits_model(x_test), y_test)
+    assert acc >= 0.97, f"held-out accuracy {acc:.4f}"
+    with safe_open(resolve("digits")[0], "numpy") as f:
+        metrics = json.loads(f.metadata()["metrics"])
+    assert metrics["heldout_accuracy"] == pytest.approx(acc, abs=1e-9)  # the recorded figure is this one
+
+
+def test_load_model_digits_offline(digits_model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model("digits")
+    assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (3, 16, 16)
+    assert model.pretrained_cfg["labels"] == [str(i) for i in range(10)]
+    assert model.config.patch_size == 4 and model.num_params() < 200_000
+
+
+def digit_png(image_8x8, path, size, mode):
+    """A held-out digit as a user's picture: dark ink on white, `size` pixels, Pillow `mode`."""
+    img = Image.fromarray(image_8x8).resize((size, size), Image.Resampling.BILINEAR).convert(mode)
+    img.save(path)
+    return str(path)
+
+
+def test_predict_and_cli_on_digit_pngs_of_any_size_and_mode(digits, digits_model, tmp_path):
+    _, _, x_test, y_test, images_test = digits
+    right = digits_model(x_test).argmax(-1) == y_test
+    # two held-out digits of each class (among those the model gets right as 16x16 tensors)
+    picks = [i for c in range(10) for i in np.flatnonzero((y_test == c) & right)[:2]]
+    sizes, modes = [64, 28, 100, 8, 64], ["L", "RGB", "RGBA", "L", "LA"]
+    paths = [digit_png(images_test[i], tmp_path / f"digit{k}.png", sizes[k % 5], modes[k % 5])
+             for k, i in enumerate(picks)]
+    expected = [str(y_test[i]) for i in picks]
+
+    assert [top[0][0] for top in predict(paths, model=digits_model)] == expected
+
+    out = subprocess.run([sys.executable, "-m", "numpy_mixer", "predict", *paths, "--model", "digits", "--json",
+                          "--top-k", "1"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr
+    answers = [r["predictions"][0]["label"] for r in json.loads(out.stdout)]
+    assert answers == expected
+
+
+def test_linear_probe_on_random_mixer_learns_a_separable_task(make_checkpoint, rng):
+    """Three noisy copies of three random pictures: the random trunk keeps the clusters apart, so a
+    linear head on its pre-logits must separate them; the probe replaces the 7-class head with 3."""
+    path, _ = make_checkpoint("mixer_s16_224", img_size=32, patch_size=8, embed_dim=64, depth=2,
+                              tokens_dim=32, channels_dim=256, num_classes=7)
+    model = load_model(path)
+    prototypes = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+
+    def toy(n):
+        y = rng.integers(0, 3, n)
+        return prototypes[y] + 0.7 * rng.standard_normal((n, 3, 32, 32)).astype(np.float32), y
+
+    x_train, y_train = toy(150)
+    x_test, y_test = toy(60)
+    before = embeddings(model, x_test[:4])
+    history = linear_probe(model, x_train, y_train, labels=["a", "b", "c"], epochs=20, lr=1e-2, progress=False)
+    assert model.num_classes == 3 and model.params["head"]["weight"].shape == (3, 64)
+    assert history["train_loss"][-1] < 0.2 * history["train_loss"][0]
+    assert accuracy(model(x_test), y_test) >= 0.95
+    assert predict(Image.fromarray(np.zeros((32, 32, 3), np.uint8)), model=model)[0][0] in ("a", "b", "c")
+    np.testing.assert_array_equal(embeddings(model, x_test[:4]), before)  # the trunk is untouched
+
+
+def test_loss_and_grads_on_a_batch_is_finite_and_float32(rng):
+    config = MixerConfig(4, 16, 3, 16, 1, 8, 64, 10)
+    params = nest(random_state_dict(config, seed=0))
+    loss, logits, grads = loss_and_grads(params, rng.standard_normal((5, 3, 16, 16)).astype(np.float32),
+                                         rng.integers(0, 10, 5), 4)
+    assert np.isfinite(loss) and logits.shape == (5, 10)
+    assert all(np.isfinite(g).all() and g.dtype == np.float32 for g in flatten(grads).values())
+    assert predict_logits(MlpMixer(flatten(params)), np.zeros((2, 3, 16, 16), np.float32)).shape == (2, 10)
