@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import backward
+from .errors import MixerError
 from .model import flatten, nest
 from .weights import expected_shapes
 
@@ -173,15 +174,29 @@ def train(model, x, y, x_val=None, y_val=None, epochs=40, batch_size=64, lr=2e-3
     The model's weights are replaced by trained ones (float32 copies); returns the history (see fit).
     """
     if model.num_classes == 0:
-        raise ValueError("the model has no head: call model.reset_classifier(num_classes) first")
+        raise MixerError("the model has no head: call model.reset_classifier(num_classes) before train()")
+    x, y = model._cast(model._check_input(x)), _check_labels(y, model.num_classes, len(x))
+    if x_val is not None:
+        x_val, y_val = model._cast(model._check_input(x_val)), _check_labels(y_val, model.num_classes, len(x_val))
     _writable(model)
-    x, x_val = model._cast(np.asarray(x)), None if x_val is None else model._cast(np.asarray(x_val))
     P = model.config.patch_size
     return fit(model.params,
-               lambda params, xb, yb: backward.loss_and_grads(params, xb, yb, P),
-               lambda params, xv: predict_logits(model, xv),
-               x, np.asarray(y), x_val, None if y_val is None else np.asarray(y_val), epochs, batch_size, lr,
-               weight_decay, warmup_epochs, min_lr, seed, augment, progress, desc="train")
+               loss_and_grads=lambda params, xb, yb: backward.loss_and_grads(params, xb, yb, P),
+               predict=lambda params, xv: predict_logits(model, xv),
+               x=x, y=y, x_val=x_val, y_val=y_val, epochs=epochs, batch_size=batch_size, lr=lr,
+               weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, seed=seed, augment=augment,
+               progress=progress, desc="train")
+
+
+def _check_labels(y, num_classes, count):
+    """Integer class indices in [0, num_classes), one per image."""
+    y = np.asarray(y)
+    if y.shape != (count,) or y.dtype.kind not in "iu":
+        raise MixerError(f"labels have shape {y.shape} and dtype {y.dtype}; expected {count} integer class indices")
+    if count and (y.min() < 0 or y.max() >= num_classes):
+        raise MixerError(f"labels run from {y.min()} to {y.max()}, but the head has {num_classes} classes "
+                         f"(0 to {num_classes - 1}); pass num_classes=")
+    return y
 
 
 # --- linear probe: a new head on the frozen pre-logits --------------------------------------------------
@@ -215,20 +230,28 @@ def fit_head(features, labels, num_classes, features_val=None, labels_val=None, 
     C = features.shape[1]
     head_params = {"weight": np.zeros((num_classes, C), features.dtype),
                    "bias": np.zeros((num_classes,), features.dtype)}
-    history = fit(head_params, head_loss_and_grads, lambda p, f: backward.head_forward(f, **p)[0],
-                  features, np.asarray(labels), features_val, labels_val, epochs, batch_size, lr, weight_decay,
-                  warmup_epochs, 0.0, seed, None, progress, desc="linear probe")
+    labels = _check_labels(labels, num_classes, len(features))
+    if features_val is not None:
+        labels_val = _check_labels(labels_val, num_classes, len(features_val))
+    history = fit(head_params, loss_and_grads=head_loss_and_grads,
+                  predict=lambda p, f: backward.head_forward(f, **p)[0],
+                  x=features, y=labels, x_val=features_val, y_val=labels_val, epochs=epochs,
+                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=0.0,
+                  seed=seed, progress=progress, desc="linear probe")
     return head_params, history
 
 
 def linear_probe(model, x, y, num_classes=None, labels=None, x_val=None, y_val=None, **fit_kwargs):
     """Give any loaded Mixer a new head trained on its frozen pre-logits (timm's reset_classifier + fit).
 
-    x: images [B, 3, H, W] as model.preprocess makes them; y: integer labels; num_classes defaults to
-    max(y) + 1; labels: optional class names for predict. The trunk is not changed. Returns the history.
+    x: images [B, 3, H, W] as model.preprocess makes them; y: integer labels; labels: optional class names
+    for predict; num_classes defaults to len(labels), else max(y) + 1. The trunk is not changed.
+    Returns the history (see fit).
     """
     y = np.asarray(y)
-    num_classes = num_classes or int(y.max()) + 1
+    num_classes = num_classes or (len(labels) if labels is not None else int(y.max()) + 1)
+    if labels is not None and len(labels) != num_classes:
+        raise MixerError(f"{len(labels)} class names for a head of {num_classes} classes; pass one name per class")
     features = embeddings(model, x, progress=fit_kwargs.get("progress", True))  # [B, C]
     features_val = None if x_val is None else embeddings(model, x_val)
     head_params, history = fit_head(features, y, num_classes, features_val, y_val, **fit_kwargs)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from numpy_mixer import load_model, predict
+from numpy_mixer import MixerError, load_model, predict
 from numpy_mixer.backward import loss_and_grads
 from numpy_mixer.checkpoint import random_state_dict
 from numpy_mixer.model import MlpMixer, flatten, nest
@@ -166,3 +166,16 @@ def test_loss_and_grads_on_a_batch_is_finite_and_float32(rng):
     assert np.isfinite(loss) and logits.shape == (5, 10)
     assert all(np.isfinite(g).all() and g.dtype == np.float32 for g in flatten(grads).values())
     assert predict_logits(MlpMixer(flatten(params)), np.zeros((2, 3, 16, 16), np.float32)).shape == (2, 10)
+
+
+def test_bad_labels_and_images_get_one_clear_error(rng):
+    model = MlpMixer(init_state_dict(MixerConfig(4, 16, 3, 16, 1, 8, 64, 10)), DIGITS_CFG)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    with pytest.raises(MixerError, match="head has 10 classes"):
+        train(model, x, np.array([0, 1, 2, 10]), epochs=1, progress=False)
+    with pytest.raises(MixerError, match="integer class indices"):
+        train(model, x, np.array([0.0, 1.0, 2.0, 3.0]), epochs=1, progress=False)
+    with pytest.raises(MixerError, match="expected"):
+        train(model, x[:, :, :8, :8], np.arange(4), epochs=1, progress=False)
+    with pytest.raises(MixerError, match="one name per class"):
+        linear_probe(model, x, np.arange(4), num_classes=4, labels=["a", "b"], progress=False)

@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 from numpy_mixer.checkpoint import save_checkpoint
 from numpy_mixer.model import MlpMixer
