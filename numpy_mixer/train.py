@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import backward
+from . import backward, layers
 from .errors import MixerError
 from .model import flatten, nest
 from .weights import expected_shapes
@@ -103,14 +103,6 @@ def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10
     Returns the history: per step "loss" and "lr"; per epoch "train_loss", "train_acc", "val_acc".
     """
     from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _fit(params, loss_and_grads, predict, x, y, x_val, y_val, epochs, batch_size, lr, weight_decay,
-                    warmup_epochs, min_lr, seed, augment, progress, desc)
-
-
-def _fit(params, loss_and_grads, predict, x, y, x_val, y_val, epochs, batch_size, lr, weight_decay,
-         warmup_epochs, min_lr, seed, augment, progress, desc):
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -118,35 +110,35 @@ def _fit(params, loss_and_grads, predict, x, y, x_val, y_val, epochs, batch_size
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total_steps = epochs * steps_per_epoch
     history = {"loss": [], "lr": [], "train_loss": [], "train_acc": [], "val_acc": [], "epoch_time_s": []}
-    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
     step = 0
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        order = rng.permutation(len(x))
-        losses, correct = [], 0
-        for first in range(0, len(x), batch_size):
-            batch = order[first:first + batch_size]
-            xb, yb = x[batch], y[batch]
-            if augment is not None:
-                xb = augment(xb, rng)
-            step_lr = cosine_lr(step, total_steps, lr, warmup_epochs * steps_per_epoch, min_lr)
-            loss, logits, grads = loss_and_grads(params, xb, yb)
-            optimizer.step(params, grads, step_lr)
-            losses.append(float(loss))
-            correct += int((logits.argmax(axis=-1) == yb).sum())
-            history["loss"].append(float(loss))
-            history["lr"].append(step_lr)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
-        history["train_loss"].append(float(np.mean(losses)))
-        history["train_acc"].append(correct / len(x))  # over the epoch, as the weights moved
-        if x_val is not None:
-            history["val_acc"].append(accuracy(predict(params, x_val), y_val))
-            bar.set_postfix(epoch=epoch + 1, loss=f"{history['train_loss'][-1]:.3f}",
-                            val_acc=f"{history['val_acc'][-1]:.3f}")
-        history["epoch_time_s"].append(time.perf_counter() - start)
-    bar.close()
+    with threadpool_limits(limits=blas_threads, user_api="blas"), \
+            tqdm(total=total_steps, desc=desc, disable=not progress, leave=False) as bar:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            order = rng.permutation(len(x))
+            losses, correct = [], 0
+            for first in range(0, len(x), batch_size):
+                batch = order[first:first + batch_size]
+                xb, yb = x[batch], y[batch]
+                if augment is not None:
+                    xb = augment(xb, rng)
+                step_lr = cosine_lr(step, total_steps, lr, warmup_epochs * steps_per_epoch, min_lr)
+                loss, logits, grads = loss_and_grads(params, xb, yb)
+                optimizer.step(params, grads, step_lr)
+                losses.append(float(loss))
+                correct += int((logits.argmax(axis=-1) == yb).sum())
+                history["loss"].append(float(loss))
+                history["lr"].append(step_lr)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
+            history["train_loss"].append(float(np.mean(losses)))
+            history["train_acc"].append(correct / len(x))  # over the epoch, as the weights moved
+            if x_val is not None:
+                history["val_acc"].append(accuracy(predict(params, x_val), y_val))
+                bar.set_postfix(epoch=epoch + 1, loss=f"{history['train_loss'][-1]:.3f}",
+                                val_acc=f"{history['val_acc'][-1]:.3f}")
+            history["epoch_time_s"].append(time.perf_counter() - start)
     return history
 
 
@@ -163,7 +155,7 @@ def _writable(model):
 def predict_logits(model, x, batch_size=256):
     """model(x) in batches, without the input checks. [B, 3, H, W] -> [B, K]"""
     P = model.config.patch_size
-    return np.concatenate([backward.forward_with_cache(x[i:i + batch_size], model.params, P)[0]
+    return np.concatenate([layers.forward(x[i:i + batch_size], model.params, P)
                            for i in range(0, len(x), batch_size)])
 
 
