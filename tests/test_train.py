@@ -100,8 +100,13 @@ def test_shipped_digits_model_heldout_accuracy_is_at_least_97_percent(digits, di
     assert metrics["heldout_accuracy"] == pytest.approx(acc, abs=1e-9)  # the recorded figure is this one
 
 
-def test_load_model_digits_offline(digits_model, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_load_model_digits_offline(monkeypatch, tmp_path):
+    def no_network(name):
+        raise AssertionError(f"tried to download {name}")
+
+    monkeypatch.setattr("numpy_mixer.weights._download", no_network)
+    (tmp_path / "digits").mkdir()  # a folder named like the model must not shadow it
+    monkeypatch.chdir(tmp_path)
     model = load_model("digits")
     assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (3, 16, 16)
     assert model.pretrained_cfg["labels"] == [str(i) for i in range(10)]
