@@ -6,6 +6,7 @@
 
 Gradients come from numpy_mixer.backward; everything stays float32 (the dtype of the weights).
 """
+import contextlib
 import math
 import time
 
@@ -91,6 +92,15 @@ class AdamW:
 # --- the training loop -----------------------------------------------------------------------------------
 
 
+def _blas_threads(limit):
+    """Limit BLAS threads with threadpoolctl when it is installed (it is optional); else change nothing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=limit, user_api="blas")
+
+
 def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10, batch_size=64, lr=1e-3,
         weight_decay=0.05, warmup_epochs=1, min_lr=0.0, seed=0, augment=None, progress=True, desc="train",
         blas_threads=1):
@@ -102,8 +112,7 @@ def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10
     as two; with more, OpenBLAS spin-waits and runs ~50x slower when other processes share the cores.
     Returns the history: per step "loss" and "lr"; per epoch "train_loss", "train_acc", "val_acc".
     """
-    from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # comes with huggingface_hub
 
     rng = np.random.default_rng(seed)
     optimizer = AdamW(params, weight_decay=weight_decay)
@@ -111,7 +120,7 @@ def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10
     total_steps = epochs * steps_per_epoch
     history = {"loss": [], "lr": [], "train_loss": [], "train_acc": [], "val_acc": [], "epoch_time_s": []}
     step = 0
-    with threadpool_limits(limits=blas_threads, user_api="blas"), \
+    with _blas_threads(blas_threads), \
             tqdm(total=total_steps, desc=desc, disable=not progress, leave=False) as bar:
         for epoch in range(epochs):
             start = time.perf_counter()
