@@ -153,20 +153,8 @@ def mixer_block_backward(dout, cache):
 
 # --- stem: the P x P, stride-P conv as patches @ W.T ---------------------------------------------
 
-def patches(x, patch_size):
-    """The P x P tiles the stem's matmul sees, laid out as layers.stem does. [B, 3, H, W] -> [B, N, 3*P*P]
-
-    tests/test_backward.py checks linear(patches(x), W.reshape(C, -1), b) == layers.stem(x).
-    """
-    B, in_chans, height, width = x.shape
-    P = patch_size
-    G_h, G_w = height // P, width // P
-    tiles = x.reshape(B, in_chans, G_h, P, G_w, P).transpose(0, 2, 4, 1, 3, 5)  # [B, G, G, 3, P, P]
-    return tiles.reshape(B, G_h * G_w, in_chans * P * P)
-
-
 def unpatch(dpatches, image_shape, patch_size):
-    """The inverse layout of patches() (tiles do not overlap, so nothing adds up). [B, N, 3*P*P] -> [B, 3, H, W]"""
+    """The inverse layout of layers.patchify (tiles do not overlap, so nothing adds up). [B, N, 3*P*P] -> [B, 3, H, W]"""
     B, in_chans, height, width = image_shape
     P = patch_size
     G_h, G_w = height // P, width // P
@@ -183,7 +171,7 @@ def stem_backward(dout, cache):
     """dout [B, N, C] -> dx [B, 3, H, W], {"proj": {"weight": [C, 3, P, P], "bias": [C]}}"""
     x, weight, patch_size = cache
     C = weight.shape[0]
-    dpatches, dproj = linear_backward(dout, (patches(x, patch_size), weight.reshape(C, -1)))
+    dpatches, dproj = linear_backward(dout, (layers.patchify(x, patch_size), weight.reshape(C, -1)))
     dproj["weight"] = dproj["weight"].reshape(weight.shape)  # [C, 3*P*P] -> [C, 3, P, P], the conv layout
     return unpatch(dpatches, x.shape, patch_size), {"proj": dproj}
 

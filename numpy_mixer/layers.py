@@ -100,16 +100,20 @@ def mlp(x, fc1, fc2):
     return linear(gelu(linear(x, **fc1)), **fc2)  # [..., D] -> [..., hidden] -> [..., D]
 
 
-def stem(x, proj, patch_size=16):
-    """Patch embedding: the PxP, stride-P conv `stem.proj` as reshape + one matmul. [B, 3, H, W] -> [B, N, C]"""
-    weight, bias = proj["weight"], proj["bias"]  # [C, 3, P, P], [C]
+def patchify(x, patch_size=16):
+    """Cut images into P x P tiles, each laid out as the stem conv's kernel is. [B, 3, H, W] -> [B, N, 3*P*P]"""
     B, in_chans, height, width = x.shape
     P = patch_size
     G_h, G_w = height // P, width // P
-    # cut the image into P x P tiles and lay each tile out as (channel, row, column),
-    # the order in which the conv kernel weight[c] is stored: [B, 3, G, P, G, P] -> [B, G, G, 3, P, P]
-    patches = x.reshape(B, in_chans, G_h, P, G_w, P).transpose(0, 2, 4, 1, 3, 5)
-    patches = patches.reshape(B, G_h * G_w, in_chans * P * P)  # [B, N, 3*P*P], tokens row by row
+    # each tile as (channel, row, column), the order of the conv weight[c]: [B, 3, G, P, G, P] -> [B, G, G, 3, P, P]
+    tiles = x.reshape(B, in_chans, G_h, P, G_w, P).transpose(0, 2, 4, 1, 3, 5)
+    return tiles.reshape(B, G_h * G_w, in_chans * P * P)  # tokens row by row, as the conv's output flattens
+
+
+def stem(x, proj, patch_size=16):
+    """Patch embedding: the PxP, stride-P conv `stem.proj` as patchify + one matmul. [B, 3, H, W] -> [B, N, C]"""
+    weight, bias = proj["weight"], proj["bias"]  # [C, 3, P, P], [C]
+    patches = patchify(x, patch_size)  # [B, N, 3*P*P]
     return linear(patches, weight.reshape(weight.shape[0], -1), bias)  # [B, N, 3*P*P] -> [B, N, C]
 
 

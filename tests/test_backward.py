@@ -127,12 +127,9 @@ def test_stem(rng):
                 rng.standard_normal((B, 3, 16, 16)), params, rng, module)
 
 
-def test_patches_is_the_layout_layers_stem_uses(rng):
+def test_unpatch_inverts_patchify(rng):
     x = rng.standard_normal((B, 3, 16, 16)).astype(np.float32)
-    proj = {"weight": rng.standard_normal((C, 3, P, P)).astype(np.float32), "bias": np.zeros(C, np.float32)}
-    assert np.array_equal(layers.linear(backward.patches(x, P), proj["weight"].reshape(C, -1), proj["bias"]),
-                          layers.stem(x, proj, P))
-    assert np.array_equal(backward.unpatch(backward.patches(x, P), x.shape, P), x)  # an exact inverse
+    assert np.array_equal(backward.unpatch(layers.patchify(x, P), x.shape, P), x)  # an exact inverse
 
 
 def test_global_pool(rng):
