@@ -74,10 +74,17 @@ class MlpMixer:
             raise MixerError(f"input has dtype {x.dtype}, expected float32 (see numpy_mixer.preprocess)")
         return x
 
-    def forward_features(self, x):
-        """Normalised tokens after the last block and the final norm. [B, 3, H, W] -> [B, N, C]"""
+    def forward_features(self, x, fast=True):
+        """Normalised tokens after the last block and the final norm. [B, 3, H, W] -> [B, N, C]
+
+        fast=True runs numpy_mixer.fast (float32 weights; float64 ones take the readable path);
+        fast=False runs the readable layer functions of numpy_mixer.layers.
+        """
         x = self._cast(self._check_input(x))
         p = self.params
+        if fast and self.dtype == np.float32:
+            from . import fast as fast_path
+            return fast_path.forward_features(x, p, self.config.patch_size)
         return layers.forward_features(x, p["stem"], p["blocks"], p["norm"], self.config.patch_size)
 
     def forward_head(self, x, pre_logits=False):
@@ -87,9 +94,9 @@ class MlpMixer:
             return x
         return layers.head(x, **self.params["head"])
 
-    def __call__(self, x):
-        """Logits. [B, 3, H, W] -> [B, K] (pooled features [B, C] when num_classes=0)"""
-        return self.forward_head(self.forward_features(x))
+    def __call__(self, x, fast=True):
+        """Logits. [B, 3, H, W] -> [B, K] (pooled features [B, C] when num_classes=0); fast as in forward_features"""
+        return self.forward_head(self.forward_features(x, fast=fast))
 
     def _cast(self, x):
         # weights decide the precision: float32 weights take float32 input (never a silent upcast)
