@@ -17,6 +17,7 @@ What makes it fast, each measured (benchmarks/bench.py):
 Dimension legend as in numpy_mixer.layers: B batch, N tokens, C channels, T token-MLP width,
 H channel-MLP width, K classes, P patch size, R rows in a tile.
 """
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -232,14 +233,21 @@ def _split(n, parts):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def num_workers():
-    """Worker threads: the BLAS thread count (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS apply)."""
+def _blas():
+    """threadpoolctl's handle on the BLAS libraries loaded, or None without threadpoolctl."""
     global _controller
     if ThreadpoolController is None:
-        return 1
+        return None
     if _controller is None:
         _controller = ThreadpoolController()
-    blas = _controller.select(user_api="blas")
+    return _controller.select(user_api="blas")
+
+
+def num_workers():
+    """Worker threads: the BLAS thread count (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS apply)."""
+    blas = _blas()
+    if blas is None:
+        return 1  # BLAS threads the matmuls itself
     threads = max([lib.num_threads for lib in blas.lib_controllers] or [1])
     return max(1, min(threads, os.cpu_count() or 1))
 
@@ -324,13 +332,17 @@ def _run(work, W):
             barrier.abort()  # release the others instead of leaving them waiting
             raise
 
-    with _controller.limit(limits=1, user_api="blas"):
+    blas = _blas()
+    errors = []
+    with blas.limit(limits=1) if blas is not None else contextlib.nullcontext():
         futures = [_pool.submit(guarded, w) for w in range(1, W)]
         try:
             guarded(0)
-        finally:
-            errors = [f.exception() for f in futures]
-    real = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
+        except BaseException as e:
+            errors.append(e)
+        errors += [e for e in (f.exception() for f in futures) if e is not None]
+    # the first real error, not the broken barrier it left the other workers with
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] or errors
     if real:
         raise real[0]
 
