@@ -130,6 +130,15 @@ def test_fast_erf_accuracy():
     assert np.isnan(fast.erf(np.float32([np.nan])))[0]
 
 
+def test_erf_blends_the_two_forms_exactly(monkeypatch):
+    """The cheap blend (both forms equal erf(1) to the bit) and the mask fallback give identical bits."""
+    u = np.linspace(-5, 5, 1_000_001, dtype=np.float32)
+    assert fast._erf_at_one() == np.float32(0.8427008)
+    cheap = fast.erf(u)
+    monkeypatch.setattr(fast, "_ERF1", [None])
+    np.testing.assert_array_equal(fast.erf(u), cheap)
+
+
 def test_fast_gelu_matches_torch():
     x = np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32),
                         np.float32([0, 1e-30, -1e-30, 60, -60, 1e30, -1e30])])
