@@ -2,7 +2,7 @@
 
 Same weights (the nested params of numpy_mixer.model, PyTorch layout, memory-mapped, never copied),
 same answers as the readable layers in numpy_mixer.layers (tests/test_fast.py holds the two together).
-What makes it fast, each measured (benchmarks/bench.py):
+What makes it fast (benchmarks/bench.py measures the result):
 
 - no transposed copies: token mixing is `fc1.weight @ y[b]`, [T, N] @ [N, C] -> [T, C], on the
   [B, N, C] layout as it is; channel mixing is `y @ fc1.weight.T` with the transpose a free BLAS flag.
@@ -10,9 +10,9 @@ What makes it fast, each measured (benchmarks/bench.py):
   OPENBLAS_NUM_THREADS apply) each take a share of the rows (channel mixing) or the columns (token
   mixing) and run single-threaded BLAS on it, so the elementwise NumPy work between the matmuls
   (GELU, LayerNorm, biases) is split over the cores as well; NumPy releases the GIL in both.
-- fc1 -> bias -> GELU -> fc2 -> residual fused per tile of rows that stays in cache, all in place (out=).
+- fc1 -> bias -> GELU -> fc2 -> residual fused per tile of R rows, in reused buffers, in place (out=).
 - LayerNorm in few passes, the row sums as matrix-vector products.
-- GELU from a float32 erf with the same accuracy as layers.erf (< 1e-7) in fewer passes; see _gelu_.
+- GELU from a float32 erf with the same accuracy as layers.erf (< 1e-7) in fewer passes; see gelu_.
 
 Dimension legend as in numpy_mixer.layers: B batch, N tokens, C channels, T token-MLP width,
 H channel-MLP width, K classes, P patch size, R rows in a tile.
@@ -54,8 +54,8 @@ def erf(x):
 #   |u| < 1:   erf(u) = u + u * p(u^2)              p: layers.erf's own 8 coefficients
 #   |u| >= 1:  erf(u) = 1 - exp(-u^2) * r(w),  w = 1 / (1 + u/2)
 # r approximates erfcx(u) = exp(u^2) erfc(u) on [1, 4] in the variable w, where 5 coefficients do
-# what 13 do in layers.erf (weighted minimax fit of the erf error, float32 coefficients; the fit
-# script is in the commit message of this file). Max |error| of the whole erf < 1e-7 (tests/test_fast.py).
+# what 13 do in layers.erf (weighted minimax fit of the erf error, float32 coefficients: made by
+# tools/fit_fast_erf.py). Max |error| of the whole erf < 1e-7 (tests/test_fast.py).
 _SMALL = [np.float32(c) for c in (0.12837917, -0.37612638, 0.11283784, -0.026865559, 0.005221423,
                                   -0.0008490202, 0.00011313172, -9.80944e-06)]
 _LARGE = [np.float32(c) for c in (-0.013506474904716015, 0.3924614191055298, -0.06145204231142998,
