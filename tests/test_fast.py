@@ -115,28 +115,19 @@ def test_float64_models_take_the_readable_path():
     np.testing.assert_array_equal(out, model(x, fast=False))
 
 
-def test_fast_erf_accuracy():
-    u = np.concatenate([np.linspace(-6, 6, 2_000_001, dtype=np.float32),
-                        np.geomspace(1e-38, 6, 200_000).astype(np.float32),
-                        -np.geomspace(1e-38, 6, 200_000).astype(np.float32),
-                        np.float32([0, -0.0, 1, -1, 0.99999994, 1.0000001, 3.9999998, 4, 10, 1e20, 3e38,
-                                    np.inf, -np.inf])])
-    got = fast.erf(u)
+def test_fast_gelu_is_as_accurate_as_the_readable_one():
+    x = np.concatenate([np.linspace(-10, 10, 2_000_001, dtype=np.float32),
+                        np.geomspace(1e-38, 10, 200_000).astype(np.float32),
+                        -np.geomspace(1e-38, 10, 200_000).astype(np.float32),
+                        np.float32([0, -0.0, 1, -1, 1e20, -1e20, 3e38, -3e38])])
+    got = fast.gelu_(x.copy(), fast._Scratch())
     assert got.dtype == np.float32
-    exact = np.frompyfunc(math.erf, 1, 1)(u.astype(np.float64)).astype(np.float64)
+    x64 = x.astype(np.float64)
+    exact = x64 * 0.5 * (1 + np.frompyfunc(math.erf, 1, 1)(x64 / math.sqrt(2)).astype(np.float64))
     err = np.abs(got - exact)
-    assert err.max() < 1e-7, f"max |erf error| {err.max():.3g} at u = {u[err.argmax()]}"
-    assert np.abs(got - layers.erf(u)).max() < 1.5e-7
-    assert np.isnan(fast.erf(np.float32([np.nan])))[0]
-
-
-def test_erf_blends_the_two_forms_exactly(monkeypatch):
-    """The cheap blend (both forms equal erf(1) to the bit) and the mask fallback give identical bits."""
-    u = np.linspace(-5, 5, 1_000_001, dtype=np.float32)
-    assert fast._erf_at_one() == np.float32(0.8427008)
-    cheap = fast.erf(u)
-    monkeypatch.setattr(fast, "_ERF1", [None])
-    np.testing.assert_array_equal(fast.erf(u), cheap)
+    readable_err = np.abs(layers.gelu(x) - exact)
+    assert err.max() <= max(readable_err.max(), 2.5e-7), f"max |GELU error| {err.max():.3g} at x = {x[err.argmax()]}"
+    assert np.isnan(fast.gelu_(np.float32([np.nan]), fast._Scratch()))[0]
 
 
 def test_fast_gelu_matches_torch():
