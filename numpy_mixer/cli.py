@@ -12,11 +12,12 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="numpy-mixer",
                                      description="MLP-Mixer image classification in pure NumPy.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="top-k ImageNet classes of images")
+    p = sub.add_parser("predict", help="top-k classes (ImageNet, or digits) of images")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image inside, sorted)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", default=None,
-                        help=f"timm model name, fetched from the Hugging Face hub or its cache (default {DEFAULT_MODEL})")
+                        help=f"timm model name, fetched from the Hugging Face hub or its cache (default {DEFAULT_MODEL}), "
+                             "or 'digits', the small model shipped in the package (no download)")
     source.add_argument("--weights", metavar="FILE", help="a local .safetensors checkpoint with timm's keys")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -222,7 +222,7 @@ def resolve(name_or_path):
 
 
 def _unknown(name):
-    return MixerError(f"unknown model {name!r} (and no such file); known names: {', '.join(PRETRAINED)}, "
+    return MixerError(f"unknown model {name!r} (and no such file); known names: {', '.join([*PRETRAINED, *BUNDLED])}, "
                       "or a path to a .safetensors file")
 
 
