@@ -36,7 +36,8 @@ def image_files(paths):
     """The given paths, each folder replaced by the image files inside it (not recursive), sorted."""
     from PIL import Image
 
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    Image.init()
+    extensions = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -46,6 +47,8 @@ def image_files(paths):
             if not inside:
                 raise MixerError(f"{path}: folder has no image files (looked for {', '.join(sorted(extensions)[:6])}, ...)")
             files.extend(inside)
+        elif not os.path.exists(path):  # before the model loads (a typo should not wait for a download)
+            raise MixerError(f"{path}: no such file")
         else:
             files.append(path)
     return files
@@ -59,6 +62,9 @@ def run_predict(args):
         raise MixerError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.weights and not os.path.isfile(args.weights):
+        raise MixerError(f"{args.weights}: no such file (--weights takes a local .safetensors file; "
+                         "use --model for a name)")
     images = image_files(args.images)
     progress = {"on": True, "off": False}.get(args.progress,
                                                sys.stderr.isatty() and len(images) > PROGRESS_MIN_IMAGES)
@@ -84,6 +90,9 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        sys.stderr.close()
+        return 0
     return 0
 
 

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import layers
+
 _F32 = np.float32
 ROW_TILE = 128  # R: rows of [B*N, C] per channel-mixing tile; [R, H] float32 hidden = 1.5 MB for b16
 
@@ -35,6 +37,7 @@ except ImportError:  # without it: one worker, BLAS threads its own matmuls
 _controller = None
 _pool = None
 _pool_lock = threading.Lock()
+_run_lock = threading.Lock()
 
 
 # --- GELU ------------------------------------------------------------------------------------------
@@ -212,8 +215,8 @@ def forward_features(x, params, patch_size=16, workers=None):
     N = G_h * G_w
     weight = p["stem"]["proj"]["weight"]  # [C, 3, P, P]
     C = weight.shape[0]
-    # the stem conv as one matmul: [B, 3, G, P, G, P] -> [B, G, G, 3, P, P] -> [B*N, 3*P*P] (a copy of the input)
-    patches = x.reshape(B, in_chans, G_h, P, G_w, P).transpose(0, 2, 4, 1, 3, 5).reshape(B * N, -1)
+    # the stem conv as one matmul, on the tiles of layers.patchify: [B, N, 3*P*P] -> [B*N, 3*P*P]
+    patches = layers.patchify(x, P).reshape(B * N, -1)
     stem_w = weight.reshape(C, -1)  # [C, 3*P*P], a view
     blocks = p["blocks"]
     tokens = np.empty((B, N, C), _F32)  # the residual stream
@@ -247,26 +250,20 @@ def forward_features(x, params, patch_size=16, workers=None):
     return normed
 
 
-def forward(x, params, patch_size=16, workers=None):
-    """The whole model, as layers.forward. [B, 3, H, W] -> [B, K] logits (or [B, C] pooled without a head)"""
-    x = forward_features(x, params, patch_size, workers)  # [B, N, C]
-    return forward_head(x, params)
-
-
-def forward_head(x, params, pre_logits=False):
-    """Average over tokens, then the head. [B, N, C] -> [B, K] (or [B, C])"""
-    pooled = x.mean(axis=1)  # [B, C]
-    if pre_logits or "head" not in params:
-        return pooled
-    head = params["head"]
-    return pooled @ np.asarray(head["weight"]).T + head["bias"]  # [B, C] @ [C, K] -> [B, K]
-
-
 def _run(work, W):
-    """work(worker, barrier) on W threads (this one included), BLAS single-threaded in each."""
+    """work(worker, barrier) on W threads (this one included), BLAS single-threaded in each.
+
+    One call at a time (a lock): two interleaved calls would share the pool and the BLAS thread
+    limit, and could wait on each other's barriers.
+    """
     if W == 1:
         work(0, _NoBarrier())
         return
+    with _run_lock:
+        _run_workers(work, W)
+
+
+def _run_workers(work, W):
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < W - 1:

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 
+from .errors import MixerError
 from .labels import load_labels
 from .model import load_model
 from .weights import DEFAULT_MODEL
@@ -54,11 +55,14 @@ def predict(img, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=Fa
 
 def iter_predict(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=False):
     """Top-k lists for a list of images, one at a time, computed batch_size images per forward pass."""
+    if not isinstance(top_k, int) or top_k < 1:
+        raise MixerError(f"top_k must be a positive integer, got {top_k!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
     model = model or default_model()
     if model.num_classes == 0:
-        raise ValueError("this model has no classifier head (num_classes=0); use model.forward_features")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise MixerError(f"{model.pretrained_cfg['name']}: this model has no classifier head (num_classes=0); "
+                         "use model.forward_features or model(x) for embeddings")
     names = class_names(model)
     k = min(top_k, model.num_classes)
     bar = None

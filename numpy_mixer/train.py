@@ -29,7 +29,7 @@ def init_state_dict(config, seed=0, dtype=np.float32):
     for key, shape in expected_shapes(config).items():
         if key.startswith("head."):
             value = np.zeros(shape)  # timm zero-initialises the classifier
-        elif key == "stem.proj.weight":  # lecun normal: truncated normal, std sqrt(1 / fan_in)
+        elif key == "stem.proj.weight":  # lecun normal, std sqrt(1 / fan_in); clipped at +-2 (timm truncates)
             std = math.sqrt(1.0 / np.prod(shape[1:])) / 0.87962566103423978  # std of N(0,1) cut at +-2
             value = np.clip(rng.standard_normal(shape), -2, 2) * std
         elif key.endswith("weight") and len(shape) == 2:  # xavier uniform: U(+-sqrt(6 / (fan_in + fan_out)))

@@ -108,6 +108,9 @@ def infer_config(state_dict, source="checkpoint"):
     depth = len(block_ids)
     if depth == 0:
         raise MixerError(f"{source}: no 'blocks.*' tensors; is this a timm MLP-Mixer checkpoint?")
+    for key in ("blocks.0.mlp_tokens.fc1.weight", "blocks.0.mlp_channels.fc1.weight"):
+        if len(shape(key)) != 2:
+            raise MixerError(f"{source}: {key!r} has shape {shape(key)}, expected a matrix (out, in)")
     tokens_dim, num_patches = shape("blocks.0.mlp_tokens.fc1.weight")
     channels_dim = shape("blocks.0.mlp_channels.fc1.weight")[0]
     grid = int(round(num_patches ** 0.5))
@@ -181,6 +184,8 @@ def read_safetensors(path):
             dtype, shape, (start, end) = _DTYPES.get(info["dtype"]), tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise MixerError(f"{path}: corrupt safetensors header entry for {key!r}") from None
+        if not all(isinstance(v, int) and v >= 0 for v in (*shape, start, end)):
+            raise MixerError(f"{path}: corrupt safetensors header entry for {key!r}")
         if dtype is None:
             raise MixerError(f"{path}: tensor {key!r} has dtype {info['dtype']}; only F32, F64, F16 and BF16 "
                              "weights can be used")

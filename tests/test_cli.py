@@ -92,6 +92,11 @@ def test_bad_inputs_each_give_one_line(tmp_path, photos, weights):
     state = random_state_dict(config_for("mixer_s32_224", depth=1))
     state["blocks.0.mlp_tokens.fc2.weight"] = state["blocks.0.mlp_tokens.fc2.weight"][:, :100]
     save_checkpoint(state, misshapen)
+    headless = tmp_path / "headless.safetensors"
+    save_checkpoint(random_state_dict(config_for("mixer_s32_224", depth=1, num_classes=0)), headless)
+    no_images = tmp_path / "docs"
+    no_images.mkdir()
+    (no_images / "readme.pdf").write_bytes(b"%PDF-1.4")  # Pillow can write PDF, not read it
     pickled = tmp_path / "model.pth"
     pickled.write_bytes(b"\x80\x04")
     empty_cache = tmp_path / "hf"
@@ -106,11 +111,17 @@ def test_bad_inputs_each_give_one_line(tmp_path, photos, weights):
         (("predict", photos[0], "--weights", pickled), ["model.pth", "pickled checkpoint"]),
         (("predict", photos[0], "--model", "mixer_b16_224.nope"), ["unknown model 'mixer_b16_224.nope'"]),
         (("predict", photos[0], "--top-k", 0, "--weights", weights), ["--top-k"]),
+        (("predict", photos[0], "--weights", headless), ["headless.safetensors", "no classifier head"]),
+        (("predict", photos[0], "--weights", "digits"), ["digits: no such file", "use --model"]),
+        (("predict", no_images, "--weights", weights), ["docs: folder has no image files"]),
     ]
     for args, fragments in cases:
         assert_one_line_error(run(*args), *fragments)
     offline = run("predict", photos[0], env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(empty_cache)})
     assert_one_line_error(offline, "cannot download timm/mixer_b16_224.goog_in21k_ft_in1k", "--weights FILE")
+    # a mistyped image is named before any attempt to fetch the model
+    typo = run("predict", tmp_path / "typo.jpg", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(empty_cache)})
+    assert_one_line_error(typo, "typo.jpg: no such file")
 
 
 def test_console_script_is_installed():

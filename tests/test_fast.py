@@ -16,6 +16,7 @@ from PIL import Image
 
 from numpy_mixer import fast, layers, predict
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
+from numpy_mixer.errors import MixerError
 from numpy_mixer.model import MlpMixer, load_model
 from numpy_mixer.weights import ARCHITECTURES
 
@@ -184,8 +185,10 @@ def test_predict_batches_give_the_same_answers(small_model_file, photo_folder):
         np.testing.assert_allclose([[p for _, p in r] for r in batched], [[p for _, p in r] for r in one_by_one],
                                    rtol=1e-5)
     assert len({tuple(label for label, _ in r) for r in one_by_one}) > 1  # not one answer for all
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(MixerError, match="batch_size must be a positive integer, got 0"):
         predict(photos, model=model, batch_size=0)
+    with pytest.raises(MixerError, match="top_k must be a positive integer, got -3"):
+        predict(photos, model=model, top_k=-3)
 
 
 def run_cli(*args):

@@ -1,7 +1,8 @@
 """Whole-model parity with live timm, for every Mixer architecture, on non-degenerate random weights.
 
-Compared at timm's three points: forward_features (after the final norm), pre-logits, logits.
-float32: max abs diff <= 1e-4 x max|logit|; float64: <= 1e-9 x max|logit|.
+Compared at timm's three points: forward_features (after the final norm), pre-logits, logits,
+for the fast path and the readable layers alike. float32: max abs diff <= 1e-5 x the largest value
+of each (the issue asks 1e-4 x max|logit|; observed ~1e-6); float64: <= 1e-12 (asked 1e-9; observed ~1e-14).
 """
 import numpy as np
 import pytest
@@ -23,14 +24,14 @@ CASES = [  # (architecture, classes): all six of timm's Mixers, and each head si
 ]
 
 
-def compare(model, reference, x, rtol):
-    """Max abs diffs (features, pre-logits, logits), asserted within rtol x max|logit|."""
+def compare(model, reference, x, rtol, fast=True):
+    """Max abs diffs (features, pre-logits, logits), each asserted within rtol x its largest value."""
     with torch.no_grad():
         tx = torch.from_numpy(x)
         feats_t = reference.forward_features(tx)
         pre_t = reference.forward_head(feats_t, pre_logits=True)
         logits_t = reference.forward_head(feats_t)
-    feats = model.forward_features(x)
+    feats = model.forward_features(x, fast=fast)
     pre = model.forward_head(feats, pre_logits=True)
     logits = model.forward_head(feats)
     reference_logits = logits_t.numpy()
@@ -44,7 +45,8 @@ def compare(model, reference, x, rtol):
         assert ours.dtype == x.dtype, f"{name}: {ours.dtype}, expected {x.dtype}"
         assert ours.shape == theirs.shape
         diffs[name] = float(np.abs(ours - theirs).max())
-        assert diffs[name] <= rtol * scale, f"{name}: max diff {diffs[name]:.3g} > {rtol} x {scale:.3g}"
+        size = np.abs(theirs).max()
+        assert diffs[name] <= rtol * size, f"{name}: max diff {diffs[name]:.3g} > {rtol} x {size:.3g}"
     return diffs, scale
 
 
@@ -54,9 +56,10 @@ def test_float32_logits_features_pre_logits_match_timm(make_checkpoint, arch, nu
     model = load_model(path)
     reference = timm_model(arch, state)
     x = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
-    diffs, scale = compare(model, reference, x, 1e-4)
-    print(f"\n{arch} ({num_classes} classes) float32 max|logit| {scale:.3f} max diffs "
-          + " ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    for fast in (True, False):
+        diffs, scale = compare(model, reference, x, 1e-5, fast)
+        print(f"\n{arch} ({num_classes} classes) float32 {'fast' if fast else 'readable'} max|logit| {scale:.3f} "
+              "max diffs " + " ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
 
 
 @pytest.mark.parametrize("arch", ["mixer_s16_224", "mixer_b16_224"])
@@ -65,7 +68,7 @@ def test_float64_matches_timm_to_1e9(make_checkpoint, arch, rng):
     model = load_model(path).astype(np.float64)
     reference = timm_model(arch, state, dtype=torch.float64)
     x = rng.standard_normal((2, 3, 224, 224))
-    diffs, scale = compare(model, reference, x, 1e-9)
+    diffs, scale = compare(model, reference, x, 1e-12)
     print(f"\n{arch} float64 max|logit| {scale:.3f} max diffs " + " ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
 
 
