@@ -14,6 +14,7 @@ Weights are random (numpy_mixer.checkpoint): the real ones cannot be downloaded 
 does not depend on the values. torch, timm, onnx and onnxruntime are optional.
 """
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -206,20 +207,26 @@ def main(argv=None):
             runners["PyTorch"] = torch_run
         if ort_run:
             runners["ONNX Runtime"] = ort_run
-        roofline = matmul_gflops()
-        speed = {}
-        for B in batch_sizes:
-            x = rng.standard_normal((B, 3, config.img_size, config.img_size), dtype=np.float32)
-            times = {name: [] for name in runners}
-            for name, run in runners.items():  # warm up: first-call allocations, lazy init
-                run(x)
-            for _ in range(args.repeats):
-                for name, run in runners.items():
-                    start = time.perf_counter()
+        # numpy_mixer and the roofline get THREADS BLAS threads too (the fast path runs one worker per BLAS
+        # thread), so the comparison is fair on machines with more cores
+        threadpoolctl = optional("threadpoolctl")
+        same_threads = threadpoolctl.threadpool_limits(THREADS, user_api="blas") if threadpoolctl else \
+            contextlib.nullcontext()
+        with same_threads:
+            roofline = matmul_gflops()
+            speed = {}
+            for B in batch_sizes:
+                x = rng.standard_normal((B, 3, config.img_size, config.img_size), dtype=np.float32)
+                times = {name: [] for name in runners}
+                for name, run in runners.items():  # warm up: first-call allocations, lazy init
                     run(x)
-                    times[name].append(time.perf_counter() - start)
-            speed[B] = {name: B / statistics.median(t) for name, t in times.items()}
-        roofline = max(roofline, matmul_gflops())  # once before, once after: the better of the two
+                for _ in range(args.repeats):
+                    for name, run in runners.items():
+                        start = time.perf_counter()
+                        run(x)
+                        times[name].append(time.perf_counter() - start)
+                speed[B] = {name: B / statistics.median(t) for name, t in times.items()}
+            roofline = max(roofline, matmul_gflops())  # once before, once after: the better of the two
 
         cold = {}
         if not args.no_cold_start:
