@@ -18,23 +18,24 @@ def config_for(arch="mixer_b16_224", **changes):
     return dataclasses.replace(ARCHITECTURES[arch], **changes)
 
 
+def random_tensor(key, shape, rng):
+    """A float64 array for the tensor named key (a timm key), random at trained-weight scale."""
+    shape = tuple(shape)
+    if key.endswith("weight") and len(shape) > 1:  # linear / conv: uniform, variance 1/fan_in
+        fan_in = int(np.prod(shape[1:]))
+        bound = np.sqrt(3.0 / fan_in)
+        return rng.uniform(-bound, bound, shape)
+    if "norm" in key and key.endswith("weight"):  # LayerNorm gain: around 1
+        return 1.0 + 0.2 * rng.standard_normal(shape)
+    return 0.1 * rng.standard_normal(shape)  # biases (and LayerNorm shift): small
+
+
 def random_state_dict(config, seed=0, dtype=np.float32):
     """{timm key: array} filled with seeded random values of trained-weight scale."""
     if not isinstance(config, MixerConfig):
         config = config_for(config)
     rng = np.random.default_rng(seed)
-    state = {}
-    for key, shape in expected_shapes(config).items():
-        if key.endswith("weight") and len(shape) > 1:  # linear / conv: uniform, variance 1/fan_in
-            fan_in = int(np.prod(shape[1:]))
-            bound = np.sqrt(3.0 / fan_in)
-            value = rng.uniform(-bound, bound, shape)
-        elif "norm" in key and key.endswith("weight"):  # LayerNorm gain: around 1
-            value = 1.0 + 0.2 * rng.standard_normal(shape)
-        else:  # biases (and LayerNorm shift): small
-            value = 0.1 * rng.standard_normal(shape)
-        state[key] = value.astype(dtype)
-    return state
+    return {key: random_tensor(key, shape, rng).astype(dtype) for key, shape in expected_shapes(config).items()}
 
 
 def save_checkpoint(state_dict, path, metadata=None):

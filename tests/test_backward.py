@@ -4,7 +4,6 @@ Each layer: our (dx, grads) vs x.grad and every parameter's .grad after out.back
 random. Then the whole model (timm's MlpMixer, small) through the cross-entropy loss.
 Tolerance: max |ours - torch| <= 1e-8 * max |torch|, per tensor.
 """
-import math
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.mlp_mixer import MixerBlock, MlpMixer
 
 from numpy_mixer import backward, layers
-from numpy_mixer.checkpoint import random_state_dict
+from numpy_mixer.checkpoint import random_state_dict, random_tensor
 from numpy_mixer.model import flatten, nest
 from numpy_mixer.weights import MixerConfig
 
@@ -30,13 +29,7 @@ def randomise(module, rng):
     """float64 module with every parameter random at trained scale (timm zero-initialises some)."""
     module = module.double()
     for name, p in module.named_parameters():
-        if name.endswith("weight") and p.ndim > 1:
-            bound = math.sqrt(3.0 / np.prod(p.shape[1:]))
-            p.data = torch.from_numpy(rng.uniform(-bound, bound, tuple(p.shape)))
-        elif "norm" in name and name.endswith("weight"):
-            p.data = torch.from_numpy(1.0 + 0.2 * rng.standard_normal(tuple(p.shape)))
-        else:
-            p.data = torch.from_numpy(0.1 * rng.standard_normal(tuple(p.shape)))
+        p.data = torch.from_numpy(random_tensor(name, p.shape, rng))
     return module, nest({k: v.detach().numpy().copy() for k, v in module.named_parameters()})
 
 

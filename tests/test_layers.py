@@ -8,7 +8,7 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.mlp_mixer import MixerBlock
 
 from numpy_mixer import layers
-from numpy_mixer.checkpoint import config_for
+from numpy_mixer.checkpoint import config_for, random_tensor
 from numpy_mixer.model import nest
 from numpy_mixer.weights import expected_shapes
 
@@ -23,14 +23,7 @@ def t(a):
 def randomise(module, rng, dtype):
     """Fill every parameter with realistic random values (timm zero-initialises some)."""
     for name, p in module.named_parameters():
-        if name.endswith("weight") and p.ndim > 1:
-            bound = math.sqrt(3.0 / np.prod(p.shape[1:]))
-            value = rng.uniform(-bound, bound, p.shape)
-        elif "norm" in name and name.endswith("weight"):
-            value = 1.0 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            value = 0.1 * rng.standard_normal(p.shape)
-        p.data = torch.from_numpy(value.astype(dtype))
+        p.data = torch.from_numpy(random_tensor(name, p.shape, rng).astype(dtype))
     return {k: v.detach().numpy() for k, v in module.state_dict().items()}
 
 
