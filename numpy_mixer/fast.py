@@ -18,6 +18,7 @@ Dimension legend as in numpy_mixer.layers: B batch, N tokens, C channels, T toke
 H channel-MLP width, K classes, P patch size, R rows in a tile.
 """
 import contextlib
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,10 @@ import numpy as np
 from . import layers
 
 _F32 = np.float32
-ROW_TILE = 128  # R: rows of [B*N, C] per channel-mixing tile; [R, H] float32 hidden = 1.5 MB for b16
+CHANNEL_ROWS = 784  # rows of [N*B, C] per channel-MLP matmul (all of them up to batch 4 at 196 tokens)
+TOKEN_COLS = 768  # columns of [N, B*C] per token-MLP matmul
+LN_ROWS = 128  # rows per LayerNorm step, to stay in cache
+GELU_PIECE = 1 << 16  # elements per GELU step: its work buffers stay in cache
 
 try:  # threadpoolctl lets the workers run single-threaded BLAS side by side
     from threadpoolctl import ThreadpoolController
@@ -43,44 +47,50 @@ _run_lock = threading.Lock()
 # --- GELU ------------------------------------------------------------------------------------------
 
 # GELU in one branch-free form, with no erf: erf is odd, so x Phi(x) = relu(x) - |x| Phi(-|x|), and
-#   Phi(-|x|) = exp(-x^2/2) * erfcx(|x| / sqrt2) / 2 ~ exp(-x^2/2) * r(w),   w = 1 / (1 + K |x|),
+#   Phi(-|x|) = exp(-x^2/2) * erfcx(|x| / sqrt2) / 2 ~ exp(-x^2/2) * r(w),   w = 1 / (S + |x|),
 # where erfcx(u) = exp(u^2) erfc(u) is smooth on all of [0, inf) and nearly a polynomial in w.
-# r: 9 float32 coefficients fitted by tools/fit_fast_gelu.py. The result is as accurate as
-# layers.gelu (max abs error 2.4e-7 for |x| <= 10, float32 rounding of x itself; tests/test_fast.py)
-# in 27 in-place passes, where layers.gelu's two-branch erf takes about twice as many.
-_GELU_K = np.float32(0.35355338)  # 0.5 / sqrt2
-_GELU_R = [np.float32(c) for c in (-0.00016948695702012628, 0.14415211975574493, 0.11696862429380417,
-                                   0.22736284136772156, -0.1858024001121521, 0.4906223714351654,
-                                   -0.434673547744751, 0.16597431898117065, -0.02443481795489788)]
+# r: 6 float32 coefficients fitted by tools/fit_fast_gelu.py. The result is as accurate as
+# layers.gelu (max error 2.5e-7 max(1, |x|), about float32 rounding of x itself; tests/test_fast.py)
+# in 20 in-place passes, where layers.gelu's two-branch erf takes about twice as many.
+_GELU_S = np.float32(3.15)
+_GELU_R = [np.float32(c) for c in (0.005951978266239166, 0.22606517374515533, 3.325342893600464,
+                                   -9.32603931427002, 50.98733139038086, -41.044166564941406)]
 
 
 def gelu_(h, scratch):
-    """Exact GELU in place on a contiguous float32 array, as torch.nn.GELU(). [...] -> [...]"""
-    x = h.reshape(-1)  # a view: writing x writes h
-    n = x.shape
-    a = scratch.get("a", n)
+    """Exact GELU in place on a contiguous float32 array, as torch.nn.GELU(). [...] -> [...]
+
+    In pieces of GELU_PIECE elements, so that the four work buffers stay in cache between passes.
+    """
+    flat = h.reshape(-1)  # a view: writing it writes h
+    piece = min(flat.size, GELU_PIECE)
+    buffers = [scratch.get(name, (piece,)) for name in ("a", "e", "w", "r")]
+    zeros = scratch.zeros((piece,))
+    # huge |x|: x^2 = inf, exp(-inf) = 0, as wanted; x = +-inf: 0 * inf = NaN, as torch's gelu(inf) is not
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for start in range(0, flat.size, piece):
+            x = flat[start:start + piece]
+            a, e, w, r = (b[:x.size] for b in buffers)
+            _gelu_piece(x, a, e, w, r, zeros[:x.size])
+    return h
+
+
+def _gelu_piece(x, a, e, w, r, zeros):
     np.abs(x, out=a)  # |x|
-    e = scratch.get("e", n)
-    with np.errstate(over="ignore", under="ignore"):  # huge |x|: x^2 = inf, exp(-inf) = 0, as wanted (x = inf gives NaN)
-        np.multiply(a, a, out=e)
-        e *= _F32(-0.5)
-        np.exp(e, out=e)  # exp(-x^2 / 2)
-    w = scratch.get("w", n)
-    np.multiply(a, _GELU_K, out=w)
-    w += _F32(1)
-    np.divide(_F32(1), w, out=w)  # w = 1 / (1 + K |x|), in (0, 1]
-    r = scratch.get("r", n)
+    np.multiply(a, a, out=e)
+    e *= _F32(-0.5)
+    np.exp(e, out=e)  # exp(-x^2 / 2)
+    np.add(a, _GELU_S, out=w)
+    np.divide(_F32(1), w, out=w)  # w = 1 / (S + |x|), in (0, 1/S]
     np.multiply(w, _GELU_R[-1], out=r)  # Horner, in place
     r += _GELU_R[-2]
     for c in _GELU_R[-3::-1]:
         r *= w
         r += c
     r *= e
-    with np.errstate(invalid="ignore"):  # only x = +-inf: 0 * inf
-        r *= a  # |x| Phi(-|x|)
-    np.maximum(x, scratch.zeros(n), out=x)  # relu (against an array: 4x faster than against a scalar)
+    r *= a  # |x| Phi(-|x|)
+    np.maximum(x, zeros, out=x)  # relu (against an array: 4x faster than against a scalar)
     x -= r
-    return h
 
 
 _local = threading.local()
@@ -100,7 +110,7 @@ class _Scratch:
         self.buffers = {}
 
     def get(self, name, shape):
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self.buffers.get(name)
         if buf is None or buf.size < size:
             buf = self.buffers[name] = np.empty(size, _F32)
@@ -108,14 +118,14 @@ class _Scratch:
 
     def zeros(self, shape):
         """A float32 array of zeros of this shape (kept filled)."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self.buffers.get("zeros")
         if buf is None or buf.size < size:
             buf = self.buffers["zeros"] = np.zeros(size, _F32)
         return buf[:size].reshape(shape)
 
 
-# --- layers on tiles --------------------------------------------------------------------------------
+# --- layers on slices of the residual stream ---------------------------------------------------------
 
 def layer_norm_rows(x, weight, bias, out, scratch, eps=1e-6):
     """LayerNorm of each row, as layers.layer_norm (biased variance, eps 1e-6). [R, C] -> out [R, C]"""
@@ -136,35 +146,39 @@ def layer_norm_rows(x, weight, bias, out, scratch, eps=1e-6):
     return out
 
 
-def channel_mixing_tile(x, norm2, mlp_channels, scratch):
-    """In place on a tile of rows: x += fc2(GELU(fc1(LayerNorm(x)))). [R, C] -> [R, C]"""
-    R, C = x.shape
-    fc1, fc2 = mlp_channels["fc1"], mlp_channels["fc2"]
-    H = fc1["weight"].shape[0]
-    y = layer_norm_rows(x, norm2["weight"], norm2["bias"], scratch.get("y", (R, C)), scratch)  # [R, C]
-    h = scratch.get("h", (R, H))
-    np.matmul(y, fc1["weight"].T, out=h)  # [R, C] @ [C, H] -> [R, H]; .T is a BLAS flag, not a copy
-    h += fc1["bias"]
-    gelu_(h, scratch)
-    o = scratch.get("o", (R, C))
-    np.matmul(h, fc2["weight"].T, out=o)  # [R, H] @ [H, C] -> [R, C]
-    o += fc2["bias"]
-    x += o
-
-
 def token_mixing_columns(x, y, mlp_tokens, scratch):
-    """In place on columns of one image: x += fc2(GELU(fc1 @ y)) with y = LayerNorm(x) given. [N, Cc] -> [N, Cc]"""
+    """In place on columns of the [N, B*C] stream: x += fc2(GELU(fc1 @ y)), y = LayerNorm(x) given. [N, Q] -> [N, Q]
+
+    Q columns, from any images and channels: token mixing treats every (image, channel) column alike,
+    so one matmul covers a whole batch.
+    """
     fc1, fc2 = mlp_tokens["fc1"], mlp_tokens["fc2"]
-    N, Cc = y.shape
+    N, Q = y.shape
     T = fc1["weight"].shape[0]
-    h = scratch.get("ht", (T, Cc))
-    np.matmul(fc1["weight"], y, out=h)  # [T, N] @ [N, Cc] -> [T, Cc]: mixes tokens, no transpose
+    h = scratch.get("ht", (T, Q))
+    np.matmul(fc1["weight"], y, out=h)  # [T, N] @ [N, Q] -> [T, Q]: mixes tokens, no transpose
     h += fc1["bias"][:, None]
     gelu_(h, scratch)
-    o = scratch.get("ot", (N, Cc))
-    np.matmul(fc2["weight"], h, out=o)  # [N, T] @ [T, Cc] -> [N, Cc]
+    o = scratch.get("ot", (N, Q))
+    np.matmul(fc2["weight"], h, out=o)  # [N, T] @ [T, Q] -> [N, Q]
     o += fc2["bias"][:, None]
     x += o
+
+
+def channel_mixing_part(y, mlp_channels, units, out, scratch):
+    """One share of the hidden units of the channel MLP, without fc2's bias: the shares sum to
+    fc2(GELU(fc1(y))) - fc2.bias. [R, C] -> out [R, C]
+
+    units = (h0, h1): hidden units h0:h1 of H, i.e. rows h0:h1 of fc1.weight and columns h0:h1 of
+    fc2.weight (slices, not copies). Split this way, each worker reads only its share of the weights.
+    """
+    fc1, fc2 = mlp_channels["fc1"], mlp_channels["fc2"]
+    h0, h1 = units
+    h = scratch.get("h", (y.shape[0], h1 - h0))
+    np.matmul(y, fc1["weight"][h0:h1].T, out=h)  # [R, C] @ [C, Hw] -> [R, Hw]; .T is a BLAS flag, not a copy
+    h += fc1["bias"][h0:h1]
+    gelu_(h, scratch)
+    np.matmul(h, fc2["weight"][:, h0:h1].T, out=out)  # [R, Hw] @ [Hw, C] -> [R, C]: a share of the sum over H
 
 
 # --- the whole model ----------------------------------------------------------------------------------
@@ -182,6 +196,11 @@ def _split(n, parts):
     """parts contiguous (start, stop) ranges covering range(n), sizes differing by at most one."""
     bounds = [n * i // parts for i in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _tiles(start, stop, size):
+    """(start, stop) ranges of at most size covering range(start, stop)."""
+    return [(i, min(i + size, stop)) for i in range(start, stop, size)]
 
 
 def _blas():
@@ -204,50 +223,74 @@ def num_workers():
 
 
 def forward_features(x, params, patch_size=16, workers=None):
-    """Image to normalised tokens, as layers.forward_features. [B, 3, H, W] -> [B, N, C] float32"""
+    """Image to normalised tokens, as layers.forward_features. [B, 3, H, W] -> [B, N, C] float32
+
+    The residual stream is kept token-major, [N, B, C] (rows n*B + b), so that token mixing is one
+    [T, N] @ [N, B*C] matmul for the whole batch, and channel mixing one [B*N, C] @ [C, H]. Each of
+    the W workers takes a share of the work in every phase, phases separated by barriers:
+      stem and norm1: a share of the rows,
+      token mixing:   a share of the B*C columns,
+      norm2:          a share of the rows,
+      channel MLP:    a share of the H hidden units, for all rows (its partial sum over H),
+      residual, next norm: a share of the rows, adding up the W partial sums.
+    """
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
     p = _plain(params)
     W = workers or num_workers()
     B, in_chans, height, width = x.shape
     P = patch_size
-    G_h, G_w = height // P, width // P
-    N = G_h * G_w
+    N = (height // P) * (width // P)
     weight = p["stem"]["proj"]["weight"]  # [C, 3, P, P]
     C = weight.shape[0]
-    # the stem conv as one matmul, on the tiles of layers.patchify: [B, N, 3*P*P] -> [B*N, 3*P*P]
-    patches = layers.patchify(x, P).reshape(B * N, -1)
-    stem_w = weight.reshape(C, -1)  # [C, 3*P*P], a view
     blocks = p["blocks"]
-    tokens = np.empty((B, N, C), _F32)  # the residual stream
-    normed = np.empty((B, N, C), _F32)  # LayerNorm of it: norm1 of the next block, or the final norm
-    rows, cols = tokens.reshape(B * N, C), normed.reshape(B * N, C)
+    H = blocks[0]["mlp_channels"]["fc1"]["weight"].shape[0] if blocks else 0
+    # the stem conv as one matmul, on the tiles of layers.patchify, token-major: [N*B, 3*P*P]
+    patches = layers.patchify(x, P).transpose(1, 0, 2).reshape(N * B, -1)
+    stem_w = weight.reshape(C, -1)  # [C, 3*P*P], a view
+    tokens = np.empty((N, B, C), _F32)  # the residual stream, token-major
+    normed = np.empty((N, B, C), _F32)  # LayerNorm of it: norm1, norm2 or the final norm
+    parts = np.empty((W, N * B, C), _F32)  # each worker's partial sum of the channel MLP
+    rows, normed_rows = tokens.reshape(N * B, C), normed.reshape(N * B, C)  # [N*B, C] views
+    cols, normed_cols = tokens.reshape(N, B * C), normed.reshape(N, B * C)  # [N, B*C] views
 
     def next_norm(i):
         return blocks[i]["norm1"] if i < len(blocks) else p["norm"]
 
     def work(worker, barrier):
         scratch = _scratch()
-        my_rows = [(r, min(r + ROW_TILE, r1)) for r0, r1 in [_split(B * N, W)[worker]]
-                   for r in range(r0, r1, ROW_TILE)]
-        c0, c1 = _split(C, W)[worker]
+        my_rows = _tiles(*_split(N * B, W)[worker], LN_ROWS)
+        my_cols = _tiles(*_split(B * C, W)[worker], TOKEN_COLS)
+        my_units = _split(H, W)[worker]
+        all_rows = _tiles(0, N * B, CHANNEL_ROWS)
         for r0, r1 in my_rows:  # stem, then norm1 of block 0
             np.matmul(patches[r0:r1], stem_w.T, out=rows[r0:r1])  # [R, 3*P*P] @ [3*P*P, C] -> [R, C]
             rows[r0:r1] += p["stem"]["proj"]["bias"]
             n = next_norm(0)
-            layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], cols[r0:r1], scratch)
+            layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
         for i, block in enumerate(blocks):
             barrier.wait()
-            for b in range(B):  # token mixing on my columns of every image
-                token_mixing_columns(tokens[b, :, c0:c1], normed[b, :, c0:c1], block["mlp_tokens"], scratch)
+            for c0, c1 in my_cols:  # token mixing on my columns
+                token_mixing_columns(cols[:, c0:c1], normed_cols[:, c0:c1], block["mlp_tokens"], scratch)
             barrier.wait()
-            for r0, r1 in my_rows:  # channel mixing on my rows, then the next LayerNorm
-                channel_mixing_tile(rows[r0:r1], block["norm2"], block["mlp_channels"], scratch)
-                n = next_norm(i + 1)
-                layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], cols[r0:r1], scratch)
+            for r0, r1 in my_rows:  # norm2 of my rows
+                n = block["norm2"]
+                layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
+            barrier.wait()
+            for r0, r1 in all_rows:  # my share of the channel MLP, for every row
+                channel_mixing_part(normed_rows[r0:r1], block["mlp_channels"], my_units, parts[worker, r0:r1],
+                                    scratch)
+            barrier.wait()
+            n = next_norm(i + 1)
+            for r0, r1 in my_rows:  # the residual: add up the shares; then the next LayerNorm
+                x_ = rows[r0:r1]
+                x_ += block["mlp_channels"]["fc2"]["bias"]
+                for part in parts[:, r0:r1]:
+                    x_ += part
+                layer_norm_rows(x_, n["weight"], n["bias"], normed_rows[r0:r1], scratch)
 
     _run(work, W)
-    return normed
+    return np.ascontiguousarray(normed.transpose(1, 0, 2))  # [N, B, C] -> [B, N, C]
 
 
 def _run(work, W):

@@ -137,7 +137,7 @@ def test_fast_gelu_matches_torch():
     got = fast.gelu_(x.copy(), fast._Scratch())
     want = torch.nn.functional.gelu(torch.from_numpy(x.astype(np.float64))).numpy()
     assert got.dtype == np.float32
-    assert np.all(np.abs(got - want) <= 2e-7 * np.maximum(np.abs(x), 1e-30) + 1e-37)
+    assert np.all(np.abs(got - want) <= 2.5e-7 * np.maximum(np.abs(x), 1e-30) + 1e-37)
     twin = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()  # torch's own float32 GELU
     assert np.abs(got - twin).max() <= 1e-6 * np.abs(x).max()
 
