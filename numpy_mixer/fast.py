@@ -2,20 +2,25 @@
 
 Same weights (the nested params of numpy_mixer.model, PyTorch layout, memory-mapped, never copied),
 same answers as the readable layers in numpy_mixer.layers (tests/test_fast.py holds the two together).
-What makes it fast (benchmarks/bench.py measures the result):
+What makes it fast (benchmarks/bench.py measures the result; the profile is in the README):
 
-- no transposed copies: token mixing is `fc1.weight @ y[b]`, [T, N] @ [N, C] -> [T, C], on the
-  [B, N, C] layout as it is; channel mixing is `y @ fc1.weight.T` with the transpose a free BLAS flag.
+- one matmul per MLP layer for many images at once, with no transposed copies: the residual stream
+  is kept token-major, [N, B, C], so token mixing is `fc1.weight @ y`, [T, N] @ [N, B*C], and channel
+  mixing `y @ fc1.weight.T`, [N*B, C] @ [C, H], with the transpose a free BLAS flag.
 - both cores for everything: W worker threads (W = the BLAS thread count, so OMP_NUM_THREADS /
-  OPENBLAS_NUM_THREADS apply) each take a share of the rows (channel mixing) or the columns (token
-  mixing) and run single-threaded BLAS on it, so the elementwise NumPy work between the matmuls
-  (GELU, LayerNorm, biases) is split over the cores as well; NumPy releases the GIL in both.
-- fc1 -> bias -> GELU -> fc2 -> residual fused per tile of R rows, in reused buffers, in place (out=).
+  OPENBLAS_NUM_THREADS apply) each run single-threaded BLAS, so the elementwise NumPy work between
+  the matmuls (GELU, LayerNorm, biases) is spread over the cores too; NumPy releases the GIL in both.
+- the channel MLP split by hidden units, not rows: a task takes a slice of fc1's rows and fc2's
+  columns, so each weight is read once per block, however many workers there are.
+- tasks handed out as workers ask for them, so a slow or busy core holds nobody up; the result is
+  the same bits however they are shared out, and for any number of workers.
+- in place (out=) in reused buffers; GELU and LayerNorm in cache-sized pieces.
 - LayerNorm in few passes, the row sums as matrix-vector products.
 - GELU in one branch-free form, as accurate as layers.gelu in half the passes; see gelu_.
 
 Dimension legend as in numpy_mixer.layers: B batch, N tokens, C channels, T token-MLP width,
-H channel-MLP width, K classes, P patch size, R rows in a tile.
+H channel-MLP width, K classes, P patch size, R rows in a tile, Q columns in a tile, Hs hidden
+units in a slice.
 """
 import contextlib
 import math
@@ -29,7 +34,9 @@ from . import layers
 
 _F32 = np.float32
 CHANNEL_ROWS = 784  # rows of [N*B, C] per channel-MLP matmul (all of them up to batch 4 at 196 tokens)
-TOKEN_COLS = 768  # columns of [N, B*C] per token-MLP matmul
+CHANNEL_UNITS = 768  # hidden units per channel-MLP task (4 slices of H = 3072 for b16)
+TOKEN_COLS, TOKEN_COLS_MIN = 1536, 128  # columns of [N, B*C] per token-MLP task: B*C / TOKEN_TASKS within these
+TOKEN_TASKS = 4
 LN_ROWS = 128  # rows per LayerNorm step, to stay in cache
 GELU_PIECE = 1 << 16  # elements per GELU step: its work buffers stay in cache
 
@@ -170,15 +177,15 @@ def channel_mixing_part(y, mlp_channels, units, out, scratch):
     fc2(GELU(fc1(y))) - fc2.bias. [R, C] -> out [R, C]
 
     units = (h0, h1): hidden units h0:h1 of H, i.e. rows h0:h1 of fc1.weight and columns h0:h1 of
-    fc2.weight (slices, not copies). Split this way, each worker reads only its share of the weights.
+    fc2.weight (slices, not copies). Split this way, each task reads only its slice of the weights.
     """
     fc1, fc2 = mlp_channels["fc1"], mlp_channels["fc2"]
     h0, h1 = units
     h = scratch.get("h", (y.shape[0], h1 - h0))
-    np.matmul(y, fc1["weight"][h0:h1].T, out=h)  # [R, C] @ [C, Hw] -> [R, Hw]; .T is a BLAS flag, not a copy
+    np.matmul(y, fc1["weight"][h0:h1].T, out=h)  # [R, C] @ [C, Hs] -> [R, Hs]; .T is a BLAS flag, not a copy
     h += fc1["bias"][h0:h1]
     gelu_(h, scratch)
-    np.matmul(h, fc2["weight"][:, h0:h1].T, out=out)  # [R, Hw] @ [Hw, C] -> [R, C]: a share of the sum over H
+    np.matmul(h, fc2["weight"][:, h0:h1].T, out=out)  # [R, Hs] @ [Hs, C] -> [R, C]: a share of the sum over H
 
 
 # --- the whole model ----------------------------------------------------------------------------------
@@ -190,12 +197,6 @@ def _plain(params):
     if isinstance(params, list):
         return [_plain(v) for v in params]
     return np.asarray(params)
-
-
-def _split(n, parts):
-    """parts contiguous (start, stop) ranges covering range(n), sizes differing by at most one."""
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _tiles(start, stop, size):
@@ -226,13 +227,16 @@ def forward_features(x, params, patch_size=16, workers=None):
     """Image to normalised tokens, as layers.forward_features. [B, 3, H, W] -> [B, N, C] float32
 
     The residual stream is kept token-major, [N, B, C] (rows n*B + b), so that token mixing is one
-    [T, N] @ [N, B*C] matmul for the whole batch, and channel mixing one [B*N, C] @ [C, H]. Each of
-    the W workers takes a share of the work in every phase, phases separated by barriers:
-      stem and norm1: a share of the rows,
-      token mixing:   a share of the B*C columns,
-      norm2:          a share of the rows,
-      channel MLP:    a share of the H hidden units, for all rows (its partial sum over H),
-      residual, next norm: a share of the rows, adding up the W partial sums.
+    [T, N] @ [N, B*C] matmul for the whole batch, and channel mixing one [N*B, C] @ [C, H]. Every
+    block runs in four phases, each split into tasks, separated by barriers:
+      token mixing:    tiles of the B*C columns,
+      norm2:           tiles of the rows,
+      channel MLP:     (chunk of rows, slice of CHANNEL_UNITS hidden units): the slice's share
+                       of the sum over H, into a [N*B, C] buffer of partial sums per slice,
+      residual, next norm: tiles of the rows, adding up the partial sums in slice order.
+    Tasks go to whichever worker asks first, so a worker on a busy or slower core takes fewer of
+    them instead of keeping the others waiting at the barrier. The tasks do not depend on which
+    worker runs them, nor on W: the result is the same, bit for bit, however they are shared out.
     """
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
@@ -250,39 +254,43 @@ def forward_features(x, params, patch_size=16, workers=None):
     stem_w = weight.reshape(C, -1)  # [C, 3*P*P], a view
     tokens = np.empty((N, B, C), _F32)  # the residual stream, token-major
     normed = np.empty((N, B, C), _F32)  # LayerNorm of it: norm1, norm2 or the final norm
-    parts = np.empty((W, N * B, C), _F32)  # each worker's partial sum of the channel MLP
     rows, normed_rows = tokens.reshape(N * B, C), normed.reshape(N * B, C)  # [N*B, C] views
     cols, normed_cols = tokens.reshape(N, B * C), normed.reshape(N, B * C)  # [N, B*C] views
+    # the tasks of each phase (their sizes depend on the shapes only)
+    row_tiles = _tiles(0, N * B, LN_ROWS)
+    col_tiles = _tiles(0, B * C, min(TOKEN_COLS, max(TOKEN_COLS_MIN, -(-B * C // TOKEN_TASKS))))
+    units = _tiles(0, H, CHANNEL_UNITS)
+    channel_tasks = [(rows_, u) for rows_ in _tiles(0, N * B, CHANNEL_ROWS) for u in range(len(units))]
+    parts = np.empty((len(units), N * B, C), _F32)  # parts[u]: what hidden units units[u] add to each row
+    # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
+    queues = [iter(row_tiles)] + [iter(tasks) for _ in blocks
+                                  for tasks in (col_tiles, row_tiles, channel_tasks, row_tiles)]
 
     def next_norm(i):
         return blocks[i]["norm1"] if i < len(blocks) else p["norm"]
 
     def work(worker, barrier):
         scratch = _scratch()
-        my_rows = _tiles(*_split(N * B, W)[worker], LN_ROWS)
-        my_cols = _tiles(*_split(B * C, W)[worker], TOKEN_COLS)
-        my_units = _split(H, W)[worker]
-        all_rows = _tiles(0, N * B, CHANNEL_ROWS)
-        for r0, r1 in my_rows:  # stem, then norm1 of block 0
+        queue = iter(queues)
+        for r0, r1 in next(queue):  # stem, then norm1 of block 0
             np.matmul(patches[r0:r1], stem_w.T, out=rows[r0:r1])  # [R, 3*P*P] @ [3*P*P, C] -> [R, C]
             rows[r0:r1] += p["stem"]["proj"]["bias"]
             n = next_norm(0)
             layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
         for i, block in enumerate(blocks):
             barrier.wait()
-            for c0, c1 in my_cols:  # token mixing on my columns
+            for c0, c1 in next(queue):  # token mixing
                 token_mixing_columns(cols[:, c0:c1], normed_cols[:, c0:c1], block["mlp_tokens"], scratch)
             barrier.wait()
-            for r0, r1 in my_rows:  # norm2 of my rows
+            for r0, r1 in next(queue):  # norm2
                 n = block["norm2"]
                 layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
             barrier.wait()
-            for r0, r1 in all_rows:  # my share of the channel MLP, for every row
-                channel_mixing_part(normed_rows[r0:r1], block["mlp_channels"], my_units, parts[worker, r0:r1],
-                                    scratch)
+            for (r0, r1), u in next(queue):  # the channel MLP, a slice of hidden units at a time
+                channel_mixing_part(normed_rows[r0:r1], block["mlp_channels"], units[u], parts[u, r0:r1], scratch)
             barrier.wait()
             n = next_norm(i + 1)
-            for r0, r1 in my_rows:  # the residual: add up the shares; then the next LayerNorm
+            for r0, r1 in next(queue):  # the residual: add up the partial sums; then the next LayerNorm
                 x_ = rows[r0:r1]
                 x_ += block["mlp_channels"]["fc2"]["bias"]
                 for part in parts[:, r0:r1]:

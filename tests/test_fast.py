@@ -3,16 +3,20 @@
 Every Mixer architecture, odd and single batches, four head sizes; float32 checked at every
 NumPy operation; the erf bound; predict / CLI batching; and one tiny run of the benchmark.
 """
+import collections
 import math
 import os
 import subprocess
 import sys
+import threading
+import time
 import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from numpy_mixer import fast, layers, predict
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
@@ -51,14 +55,32 @@ def test_fast_matches_readable(arch, batch, classes):
         assert np.abs(fast_out[0] - fast_out[1]).max() > 1e-3
 
 
-def test_fast_forward_features_matches_and_threads_agree():
+def test_fast_forward_features_matches_and_is_the_same_however_the_work_is_shared(monkeypatch):
+    """Any number of workers, and a worker slowed down so that it takes fewer tasks: the same bits."""
     model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=3), seed=1))
     x = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
     readable = model.forward_features(x, fast=False)
-    for workers in (1, 2, 3):
+    with threadpool_limits(1, user_api="blas"):  # one worker, single-threaded BLAS, like each of several
+        reference = fast.forward_features(x, model.params, model.config.patch_size, workers=1)
+    assert reference.dtype == np.float32 and reference.shape == (3, 196, 512)
+    assert rel_err(reference, readable) < 1e-5
+    for workers in (2, 3):
         tokens = fast.forward_features(x, model.params, model.config.patch_size, workers=workers)
-        assert tokens.dtype == np.float32 and tokens.shape == (3, 196, 512)
-        assert rel_err(tokens, readable) < 1e-5, f"{workers} workers"
+        np.testing.assert_array_equal(tokens, reference, err_msg=f"{workers} workers")
+
+    taken = collections.Counter()
+    part = fast.channel_mixing_part
+
+    def slowed(*args):  # every channel-MLP task the helper thread takes starts late
+        taken[threading.current_thread() is threading.main_thread()] += 1
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.05)
+        return part(*args)
+
+    monkeypatch.setattr(fast, "channel_mixing_part", slowed)
+    tokens = fast.forward_features(x, model.params, model.config.patch_size, workers=2)
+    np.testing.assert_array_equal(tokens, reference)
+    assert taken[True] > taken[False] > 0, taken  # the work was shared, unevenly
 
 
 class Float32Only(np.ndarray):
