@@ -5,7 +5,9 @@
     python benchmarks/bench.py --markdown      # the table as markdown, for the README
 
 Throughput is images per second, the median of --repeats timed forward passes per framework,
-taken in turns (numpy, torch, onnxruntime, numpy, ...) so a busy machine slows all alike.
+taken in turns (numpy, torch, onnxruntime, numpy, ...) so a busy machine slows all alike. Each timed
+pass starts after a short pause, so that threads the framework before it left spinning (OpenMP's,
+ONNX Runtime's pool) are asleep again and do not take a core from it.
 "% roofline" divides the model's FLOPs per second (2 x its multiply-adds, counted from the config)
 by what one large float32 NumPy matmul reaches in the same run. Cold start is the wall time of a
 whole fresh process that classifies one photo from a local safetensors file (the numpy-mixer
@@ -29,6 +31,7 @@ from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoin
 from numpy_mixer.model import MlpMixer
 
 THREADS = 2
+PAUSE = 0.2  # seconds before each timed pass
 
 TIMM_SCRIPT = """
 import sys, torch, timm
@@ -222,6 +225,7 @@ def main(argv=None):
                     run(x)
                 for _ in range(args.repeats):
                     for name, run in runners.items():
+                        time.sleep(PAUSE)
                         start = time.perf_counter()
                         run(x)
                         times[name].append(time.perf_counter() - start)
