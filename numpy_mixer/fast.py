@@ -4,19 +4,22 @@ Same weights (the nested params of numpy_mixer.model, PyTorch layout, memory-map
 same answers as the readable layers in numpy_mixer.layers (tests/test_fast.py holds the two together).
 What makes it fast (benchmarks/bench.py measures the result; the profile is in the README):
 
-- one matmul per MLP layer for many images at once, with no transposed copies: the residual stream
-  is kept token-major, [N, B, C], so token mixing is `fc1.weight @ y`, [T, N] @ [N, B*C], and channel
-  mixing `y @ fc1.weight.T`, [N*B, C] @ [C, H], with the transpose a free BLAS flag.
+- matmuls over many images at once, with no transposed copies: the residual stream is kept
+  token-major, [N, B, C], so token mixing is `fc1.weight @ y`, [T, N] @ [N, B*C], and channel mixing
+  `y @ fc1.weight.T`, [N*B, C] @ [C, H], the transpose a free BLAS flag; both in large tiles of columns
+  or rows (TOKEN_COLS, CHANNEL_ROWS).
 - both cores for everything: W worker threads (W = the BLAS thread count, so OMP_NUM_THREADS /
   OPENBLAS_NUM_THREADS apply) each run single-threaded BLAS, so the elementwise NumPy work between
   the matmuls (GELU, LayerNorm, biases) is spread over the cores too; NumPy releases the GIL in both.
-- the channel MLP split by hidden units, not rows: a task takes a slice of fc1's rows and fc2's
-  columns, so each weight is read once per block, however many workers there are.
+- the channel MLP split by hidden units as well as rows: a task takes a slice of fc1's rows and fc2's
+  columns for a chunk of CHANNEL_ROWS rows, so each weight is read once per chunk (once per block up
+  to 4 images), however many workers there are.
 - tasks handed out as workers ask for them, so a slow or busy core holds nobody up; the result is
-  the same bits however they are shared out, and for any number of workers.
+  the same bits however they are shared out, and for any number of workers (with threadpoolctl, which
+  keeps BLAS single-threaded in each; without it, one worker lets BLAS thread the matmuls).
 - in place (out=) in reused buffers; GELU and LayerNorm in cache-sized pieces.
 - LayerNorm in few passes, the row sums as matrix-vector products.
-- GELU in one branch-free form, as accurate as layers.gelu in half the passes; see gelu_.
+- GELU in one branch-free form, as accurate as layers.gelu in a third of the passes; see gelu_.
 
 Dimension legend as in numpy_mixer.layers: B batch, N tokens, C channels, T token-MLP width,
 H channel-MLP width, K classes, P patch size, R rows in a tile, Q columns in a tile, Hs hidden
@@ -56,9 +59,9 @@ _run_lock = threading.Lock()
 # GELU in one branch-free form, with no erf: erf is odd, so x Phi(x) = relu(x) - |x| Phi(-|x|), and
 #   Phi(-|x|) = exp(-x^2/2) * erfcx(|x| / sqrt2) / 2 ~ exp(-x^2/2) * r(w),   w = 1 / (S + |x|),
 # where erfcx(u) = exp(u^2) erfc(u) is smooth on all of [0, inf) and nearly a polynomial in w.
-# r: 6 float32 coefficients fitted by tools/fit_fast_gelu.py. The result is as accurate as
-# layers.gelu (max error 2.5e-7 max(1, |x|), about float32 rounding of x itself; tests/test_fast.py)
-# in 20 in-place passes, where layers.gelu's two-branch erf takes about twice as many.
+# r: 6 float32 coefficients fitted by tools/fit_fast_gelu.py. The error is that of layers.gelu: at most
+# 2.5e-7 max(1, |x|), about the float32 rounding of x itself (relative: 3e-7, 2.5 float32 steps, near 0,
+# where layers.gelu has 1e-7; tests/test_fast.py), in 20 in-place passes where layers.gelu takes ~60.
 _GELU_S = np.float32(3.15)
 _GELU_R = [np.float32(c) for c in (0.005951978266239166, 0.22606517374515533, 3.325342893600464,
                                    -9.32603931427002, 50.98733139038086, -41.044166564941406)]
@@ -157,7 +160,7 @@ def token_mixing_columns(x, y, mlp_tokens, scratch):
     """In place on columns of the [N, B*C] stream: x += fc2(GELU(fc1 @ y)), y = LayerNorm(x) given. [N, Q] -> [N, Q]
 
     Q columns, from any images and channels: token mixing treats every (image, channel) column alike,
-    so one matmul covers a whole batch.
+    so one matmul covers columns of many images.
     """
     fc1, fc2 = mlp_tokens["fc1"], mlp_tokens["fc2"]
     N, Q = y.shape
@@ -226,8 +229,8 @@ def num_workers():
 def forward_features(x, params, patch_size=16, workers=None):
     """Image to normalised tokens, as layers.forward_features. [B, 3, H, W] -> [B, N, C] float32
 
-    The residual stream is kept token-major, [N, B, C] (rows n*B + b), so that token mixing is one
-    [T, N] @ [N, B*C] matmul for the whole batch, and channel mixing one [N*B, C] @ [C, H]. Every
+    The residual stream is kept token-major, [N, B, C] (rows n*B + b), so that token mixing is a
+    [T, N] @ [N, B*C] matmul over the whole batch, and channel mixing an [N*B, C] @ [C, H] one. Every
     block runs in four phases, each split into tasks, separated by barriers:
       token mixing:    tiles of the B*C columns,
       norm2:           tiles of the rows,
@@ -236,13 +239,13 @@ def forward_features(x, params, patch_size=16, workers=None):
       residual, next norm: tiles of the rows, adding up the partial sums in slice order.
     Tasks go to whichever worker asks first, so a worker on a busy or slower core takes fewer of
     them instead of keeping the others waiting at the barrier. The tasks do not depend on which
-    worker runs them, nor on W: the result is the same, bit for bit, however they are shared out.
+    worker runs them, nor on W: the result is the same, bit for bit, however they are shared out
+    (BLAS single-threaded in each worker: with threadpoolctl).
     """
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
     p = _plain(params)
-    W = workers or num_workers()
-    B, in_chans, height, width = x.shape
+    B, _, height, width = x.shape
     P = patch_size
     N = (height // P) * (width // P)
     weight = p["stem"]["proj"]["weight"]  # [C, 3, P, P]
@@ -269,7 +272,7 @@ def forward_features(x, params, patch_size=16, workers=None):
     def next_norm(i):
         return blocks[i]["norm1"] if i < len(blocks) else p["norm"]
 
-    def work(worker, barrier):
+    def work(barrier):
         scratch = _scratch()
         queue = iter(queues)
         for r0, r1 in next(queue):  # stem, then norm1 of block 0
@@ -297,21 +300,23 @@ def forward_features(x, params, patch_size=16, workers=None):
                     x_ += part
                 layer_norm_rows(x_, n["weight"], n["bias"], normed_rows[r0:r1], scratch)
 
-    _run(work, W)
+    with _run_lock:
+        _run(work, workers or num_workers())  # read inside the lock: not the 1 of another call's BLAS limit
     return np.ascontiguousarray(normed.transpose(1, 0, 2))  # [N, B, C] -> [B, N, C]
 
 
 def _run(work, W):
-    """work(worker, barrier) on W threads (this one included), BLAS single-threaded in each.
+    """work(barrier) on W threads (this one included), BLAS single-threaded in each (with threadpoolctl).
 
-    One call at a time (a lock): two interleaved calls would share the pool and the BLAS thread
-    limit, and could wait on each other's barriers.
+    The caller holds _run_lock: two interleaved calls would share the pool and the BLAS thread limit,
+    and could wait on each other's barriers.
     """
-    if W == 1:
-        work(0, _NoBarrier())
-        return
-    with _run_lock:
-        _run_workers(work, W)
+    blas = _blas()
+    with blas.limit(limits=1) if blas is not None else contextlib.nullcontext():
+        if W == 1:
+            work(_NoBarrier())
+        else:
+            _run_workers(work, W)
 
 
 def _run_workers(work, W):
@@ -321,22 +326,22 @@ def _run_workers(work, W):
             _pool = ThreadPoolExecutor(max_workers=W - 1, thread_name_prefix="numpy-mixer")
     barrier = threading.Barrier(W)
 
-    def guarded(worker):
+    def guarded():
         try:
-            work(worker, barrier)
+            work(barrier)
         except BaseException:
             barrier.abort()  # release the others instead of leaving them waiting
             raise
 
-    blas = _blas()
-    errors = []
-    with blas.limit(limits=1) if blas is not None else contextlib.nullcontext():
-        futures = [_pool.submit(guarded, w) for w in range(1, W)]
-        try:
-            guarded(0)
-        except BaseException as e:
-            errors.append(e)
-        errors += [e for e in (f.exception() for f in futures) if e is not None]
+    errors, futures = [], []
+    try:
+        for _ in range(W - 1):
+            futures.append(_pool.submit(guarded))
+        guarded()
+    except BaseException as e:
+        barrier.abort()  # a submit that failed (interpreter shutting down) leaves no one waiting either
+        errors.append(e)
+    errors += [e for e in (f.exception() for f in futures) if e is not None]
     # the first real error, not the broken barrier it left the other workers with
     real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] or errors
     if real:

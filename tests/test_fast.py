@@ -60,27 +60,30 @@ def test_fast_forward_features_matches_and_is_the_same_however_the_work_is_share
     model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=3), seed=1))
     x = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
     readable = model.forward_features(x, fast=False)
-    with threadpool_limits(1, user_api="blas"):  # one worker, single-threaded BLAS, like each of several
-        reference = fast.forward_features(x, model.params, model.config.patch_size, workers=1)
+    reference = fast.forward_features(x, model.params, model.config.patch_size, workers=1)
     assert reference.dtype == np.float32 and reference.shape == (3, 196, 512)
     assert rel_err(reference, readable) < 1e-5
     for workers in (2, 3):
         tokens = fast.forward_features(x, model.params, model.config.patch_size, workers=workers)
         np.testing.assert_array_equal(tokens, reference, err_msg=f"{workers} workers")
+    with threadpool_limits(1, user_api="blas"):  # the default worker count follows the BLAS thread count
+        np.testing.assert_array_equal(fast.forward_features(x, model.params, model.config.patch_size), reference)
 
     taken = collections.Counter()
     part = fast.channel_mixing_part
 
-    def slowed(*args):  # every channel-MLP task the helper thread takes starts late
-        taken[threading.current_thread() is threading.main_thread()] += 1
-        if threading.current_thread() is not threading.main_thread():
+    def slowed(*args):  # every channel-MLP task the main thread takes starts late
+        main = threading.current_thread() is threading.main_thread()
+        taken[main] += 1
+        if main:
             time.sleep(0.05)
         return part(*args)
 
     monkeypatch.setattr(fast, "channel_mixing_part", slowed)
     tokens = fast.forward_features(x, model.params, model.config.patch_size, workers=2)
     np.testing.assert_array_equal(tokens, reference)
-    assert taken[True] > taken[False] > 0, taken  # the work was shared, unevenly
+    # the slow main thread took fewer tasks than the helper: no fixed split, which would give it half or more
+    assert 0 < taken[True] < taken[False], taken
 
 
 class Float32Only(np.ndarray):
@@ -149,19 +152,25 @@ def test_fast_gelu_is_as_accurate_as_the_readable_one():
     exact = x64 * 0.5 * (1 + np.frompyfunc(math.erf, 1, 1)(x64 / math.sqrt(2)).astype(np.float64))
     err = np.abs(got - exact)
     readable_err = np.abs(layers.gelu(x) - exact)
-    assert err.max() <= max(readable_err.max(), 2.5e-7), f"max |GELU error| {err.max():.3g} at x = {x[err.argmax()]}"
+    bound = 2.5e-7 * np.maximum(1, np.abs(x64))  # about the float32 rounding of x itself
+    assert np.all(readable_err <= bound)
+    worst = np.argmax(err / bound)
+    assert np.all(err <= bound), f"GELU error {err[worst]:.3g} at x = {x[worst]}"
     assert np.isnan(fast.gelu_(np.float32([np.nan]), fast._Scratch()))[0]
 
 
 def test_fast_gelu_matches_torch():
-    x = np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32),
-                        np.float32([0, 1e-30, -1e-30, 60, -60, 1e30, -1e30])])
+    tiny = np.geomspace(1e-30, 12, 2_000_000).astype(np.float32)  # dense near 0, where the error is relative
+    x = np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32), tiny, -tiny,
+                        np.float32([0, 60, -60, 1e30, -1e30])])
     got = fast.gelu_(x.copy(), fast._Scratch())
     want = torch.nn.functional.gelu(torch.from_numpy(x.astype(np.float64))).numpy()
     assert got.dtype == np.float32
-    assert np.all(np.abs(got - want) <= 2.5e-7 * np.maximum(np.abs(x), 1e-30) + 1e-37)
+    # within 3e-7 relative to |x| (2.5 float32 steps of GELU(x) ~ x/2 near 0), 2.5e-7 x max(1, |x|) further out
+    assert np.all(np.abs(got - want) <= np.minimum(3e-7 * np.abs(x), 2.5e-7 * np.maximum(1, np.abs(x))) + 1e-37)
     twin = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()  # torch's own float32 GELU
-    assert np.abs(got - twin).max() <= 1e-6 * np.abs(x).max()
+    moderate = np.abs(x) <= 60
+    assert np.all(np.abs(got - twin)[moderate] <= 1e-6 * np.maximum(1, np.abs(x[moderate])))
 
 
 def test_fast_path_does_not_copy_the_weights(make_checkpoint):
