@@ -202,9 +202,9 @@ def _plain(params):
     return np.asarray(params)
 
 
-def _tiles(start, stop, size):
-    """(start, stop) ranges of at most size covering range(start, stop)."""
-    return [(i, min(i + size, stop)) for i in range(start, stop, size)]
+def _tiles(n, size):
+    """(start, stop) ranges of at most size covering range(n)."""
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _blas():
@@ -260,10 +260,10 @@ def forward_features(x, params, patch_size=16, workers=None):
     rows, normed_rows = tokens.reshape(N * B, C), normed.reshape(N * B, C)  # [N*B, C] views
     cols, normed_cols = tokens.reshape(N, B * C), normed.reshape(N, B * C)  # [N, B*C] views
     # the tasks of each phase (their sizes depend on the shapes only)
-    row_tiles = _tiles(0, N * B, LN_ROWS)
-    col_tiles = _tiles(0, B * C, min(TOKEN_COLS, max(TOKEN_COLS_MIN, -(-B * C // TOKEN_TASKS))))
-    units = _tiles(0, H, CHANNEL_UNITS)
-    channel_tasks = [(rows_, u) for rows_ in _tiles(0, N * B, CHANNEL_ROWS) for u in range(len(units))]
+    row_tiles = _tiles(N * B, LN_ROWS)
+    col_tiles = _tiles(B * C, min(TOKEN_COLS, max(TOKEN_COLS_MIN, -(-B * C // TOKEN_TASKS))))
+    units = _tiles(H, CHANNEL_UNITS)
+    channel_tasks = [(rows_, u) for rows_ in _tiles(N * B, CHANNEL_ROWS) for u in range(len(units))]
     parts = np.empty((len(units), N * B, C), _F32)  # parts[u]: what hidden units units[u] add to each row
     # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
     queues = [iter(row_tiles)] + [iter(tasks) for _ in blocks
@@ -275,18 +275,18 @@ def forward_features(x, params, patch_size=16, workers=None):
     def work(barrier):
         scratch = _scratch()
         queue = iter(queues)
+        n = next_norm(0)
         for r0, r1 in next(queue):  # stem, then norm1 of block 0
             np.matmul(patches[r0:r1], stem_w.T, out=rows[r0:r1])  # [R, 3*P*P] @ [3*P*P, C] -> [R, C]
             rows[r0:r1] += p["stem"]["proj"]["bias"]
-            n = next_norm(0)
             layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
         for i, block in enumerate(blocks):
             barrier.wait()
             for c0, c1 in next(queue):  # token mixing
                 token_mixing_columns(cols[:, c0:c1], normed_cols[:, c0:c1], block["mlp_tokens"], scratch)
             barrier.wait()
+            n = block["norm2"]
             for r0, r1 in next(queue):  # norm2
-                n = block["norm2"]
                 layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
             barrier.wait()
             for (r0, r1), u in next(queue):  # the channel MLP, a slice of hidden units at a time
