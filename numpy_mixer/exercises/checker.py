@@ -56,6 +56,64 @@ def _known_mistake(exercise, out, expected, args):
     return None
 
 
+class _AxisLog(np.ndarray):
+    """An array that notes every transpose of a 3-D array made from it (.T, transpose, swapaxes, np.moveaxis),
+    so that a wrong token mixing can be told which axes it swapped. Used only to explain a failed answer."""
+    log = []
+
+    def _note(self, perm):
+        if self.ndim == 3 and tuple(perm) != (0, 1, 2):
+            _AxisLog.log.append(tuple(int(a) % 3 for a in perm))
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = axes[0]
+        self._note(axes if axes else range(self.ndim)[::-1])
+        return super().transpose(*axes)
+
+    def swapaxes(self, a, b):
+        perm = list(range(self.ndim))
+        if self.ndim == 3:
+            perm[a], perm[b] = perm[b], perm[a]
+            self._note(perm)
+        return super().swapaxes(a, b)
+
+    @property
+    def T(self):
+        return self.transpose()
+
+
+_PERMS = {(2, 1, 0): ".T (or .transpose()) reverses all three axes, [B, N, C] -> [C, N, B]",
+          (1, 0, 2): "swapaxes(0, 1) swaps axes 0 and 1, the batch and the tokens, [B, N, C] -> [N, B, C]",
+          (0, 2, 1): None,  # the right one: axes 1 and 2
+          (2, 0, 1): "transpose(2, 0, 1) gives [C, B, N]", (1, 2, 0): "transpose(1, 2, 0) gives [N, C, B]"}
+
+
+def _traced(a):
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        return a.view(_AxisLog)
+    if isinstance(a, dict):
+        return {k: _traced(v) for k, v in a.items()}
+    return a
+
+
+def transpose_hint(fn, args):
+    """Run fn once more on inputs that note their transposes; a hint naming a wrong one, or None."""
+    _AxisLog.log = []
+    try:
+        with np.errstate(all="ignore"):
+            fn(*[_traced(a) for a in copy.deepcopy(args)])
+    except Exception:
+        pass
+    wrong = [p for p in _AxisLog.log if _PERMS.get(p, "") is not None]
+    _AxisLog.log = []
+    if not wrong:
+        return None
+    what = _PERMS.get(wrong[0]) or f"transpose{wrong[0]} gives axes {wrong[0]} of [B, N, C]"
+    return (f"the wrong axes transposed: {what}; token mixing transposes axes 1 and 2 only, "
+            "[B, N, C] -> [B, C, N] (x.swapaxes(1, 2)), and back the same way")
+
+
 def _call(fn, args):
     with np.errstate(all="ignore"):
         return fn(*copy.deepcopy(args))  # a copy: the learner's function may write into its inputs
@@ -148,6 +206,8 @@ def verdict(name, fn, live=False):
         results.append((case, args, out))
     if failure is not None:
         case, problem, hint = failure
+        if exercise.trace_transposes:  # say which axes were swapped, when they were the wrong ones
+            hint = transpose_hint(fn, case.args(store)) or hint
         if hint is None and problem.startswith("raised") and exercise.error_hint and "mismatch" in problem:
             hint = exercise.error_hint
         where = f" on the {case.name!r} case, {case.describe}" if len(exercise.cases) > 1 else ""

@@ -123,7 +123,7 @@ def build_inputs():
 
     r = rng(10)
     inputs["preprocess/landscape/img"] = _picture(r, 180, 240)  # upsampled: shorter side 180 -> 256
-    inputs["preprocess/portrait/img"] = _picture(r, 320, 270)  # downsampled: shorter side 270 -> 256
+    inputs["preprocess/portrait/img"] = _picture(r, 312, 270)  # downsampled; long side 295.82, crop offset 35.5
     return inputs
 
 

@@ -16,13 +16,23 @@ from ..preprocess import _INTERPOLATION, center_crop, resize_shorter_side
 
 # --- LayerNorm, erf, GELU -------------------------------------------------------------------------
 
-def layer_norm(x, weight, bias, eps=1e-6, ddof=0, axis=-1, eps_outside=False, affine=True):
-    """LayerNorm with knobs: ddof=1 (unbiased variance), another axis, eps outside the sqrt, no weight/bias."""
+def layer_norm(x, weight, bias, eps=1e-6, ddof=0, axis=-1, eps_outside=False, affine=True, kind="layer",
+               swap_affine=False):
+    """LayerNorm with knobs: ddof=1 (unbiased variance), another axis, eps outside the sqrt, no weight/bias,
+    kind "rms" (RMSNorm: no mean, root mean square) or "no_center" (the variance right, the mean not
+    subtracted), swap_affine (x_hat * bias + weight)."""
     mean = x.mean(axis=axis, keepdims=True)
     var = ((x - mean) ** 2).sum(axis=axis, keepdims=True) / x.dtype.type(_count(x, axis) - ddof)
     eps = x.dtype.type(eps)
-    y = (x - mean) / (np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps))
-    return y * weight + bias if affine else y
+    centred = x - mean
+    if kind == "rms":
+        centred, var = x, (x * x).mean(axis=axis, keepdims=True)
+    elif kind == "no_center":
+        centred = x
+    y = centred / (np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps))
+    if not affine:
+        return y
+    return y * bias + weight if swap_affine else y * weight + bias
 
 
 def _count(x, axis):
@@ -51,6 +61,10 @@ def gelu(x, kind="erf"):
         return half * x * (1 + layers.erf(x))
     if kind == "no_half":  # x (1 + erf(x / sqrt 2)): forgot the 1/2
         return x * (1 + layers.erf(x * x.dtype.type(math.sqrt(0.5))))
+    if kind == "silu":  # x * sigmoid(x), swish
+        return x / (1 + np.exp(-x))
+    if kind == "phi":  # Phi(x) alone: forgot to multiply by x
+        return half * (1 + layers.erf(x * x.dtype.type(math.sqrt(0.5))))
     if kind == "relu":
         return np.maximum(x, 0)
     if kind == "none":
@@ -66,10 +80,12 @@ def linear(x, weight, bias, transpose=True, use_bias=True):
     return y + bias if use_bias else y
 
 
-def mlp(x, fc1, fc2, act="erf", transpose=True):
-    """fc1 -> act -> fc2, with the GELU and the weight transpose as switches. [..., D] -> [..., D]"""
+def mlp(x, fc1, fc2, act="erf", transpose=True, act_after_fc2=False):
+    """fc1 -> act -> fc2, with the GELU, the weight transpose and a second GELU after fc2 as switches.
+    [..., D] -> [..., D]"""
     h = gelu(linear(x, fc1["weight"], fc1["bias"], transpose), act)
-    return linear(h, fc2["weight"], fc2["bias"], transpose)
+    y = linear(h, fc2["weight"], fc2["bias"], transpose)
+    return gelu(y, act) if act_after_fc2 else y
 
 
 # --- patches ---------------------------------------------------------------------------------------
@@ -82,6 +98,9 @@ def patchify(x, patch_size=16, order="chw", grid="rows", method="transpose"):
     gh, gw = height // P, width // P
     if method == "reshape":
         return x.reshape(B, gh * gw, c * P * P)
+    if method == "strided":  # split as [B, 3, P, G, P, G]: each "patch" takes every G-th pixel
+        t = x.reshape(B, c, P, gh, P, gw).transpose(0, 3, 5, 1, 2, 4)
+        return t.reshape(B, gh * gw, c * P * P)
     t = x.reshape(B, c, gh, P, gw, P)  # axes: b, c, gh, ph, gw, pw
     grid_axes = (2, 4) if grid == "rows" else (4, 2)
     patch_axes = {"chw": (1, 3, 5), "hwc": (3, 5, 1), "cwh": (1, 5, 3)}[order]
@@ -107,38 +126,50 @@ def stem(x, proj, patch_size=16, order="chw", grid="rows", method="transpose", w
 
 # --- token mixing, channel mixing, the block ------------------------------------------------------
 
+def _norm(x, norm, ln, place):
+    """The normalisation before an MLP: LayerNorm with knobs, or none (place "none"/"post": not before)."""
+    return x if place in ("none", "post") else layer_norm(x, norm["weight"], norm["bias"], **ln)
+
+
 def token_mixing(x, norm1, mlp_tokens, transposes="swap", residual="x", act="erf", ln=None,
-                 norm_after_transpose=False):
+                 norm_after_transpose=False, norm="pre", act_after_fc2=False):
     """x + mlp_tokens(norm1(x) in [B, C, N]) in [B, N, C], with switches for each mistake:
     transposes "swap" (right) / "none" / "reshape"; residual "x" (right) / "none" / "normed";
-    act for the GELU; ln: LayerNorm knobs; norm_after_transpose: normalise over tokens. [B, N, C] -> [B, N, C]"""
+    act for the GELU; ln: LayerNorm knobs; norm_after_transpose: normalise over tokens;
+    norm "pre" (right) / "post" (LN(x + mlp(x)), the original Transformer's order) / "none". [B, N, C] -> [B, N, C]"""
     ln = ln or {}
     B, N, C = x.shape
+    mlp_kw = dict(act=act, act_after_fc2=act_after_fc2)
     if norm_after_transpose:  # transpose first, then LayerNorm over the last axis (now the tokens)
         y = layer_norm(x.swapaxes(1, 2), norm1["weight"], norm1["bias"], **ln)
         y = mlp(y, **mlp_tokens, act=act).swapaxes(1, 2)
         return x + y
-    normed = layer_norm(x, norm1["weight"], norm1["bias"], **ln)
+    normed = _norm(x, norm1, ln, norm)
     if transposes == "swap":
-        y = mlp(normed.swapaxes(1, 2), **mlp_tokens, act=act).swapaxes(1, 2)
+        y = mlp(normed.swapaxes(1, 2), **mlp_tokens, **mlp_kw).swapaxes(1, 2)
     elif transposes == "none":
-        y = mlp(normed, **mlp_tokens, act=act)
+        y = mlp(normed, **mlp_tokens, **mlp_kw)
     elif transposes == "reshape":
-        y = mlp(normed.reshape(B, C, N), **mlp_tokens, act=act).reshape(B, N, C)
+        y = mlp(normed.reshape(B, C, N), **mlp_tokens, **mlp_kw).reshape(B, N, C)
     else:
         raise ValueError(transposes)
-    return {"x": x + y, "none": y, "normed": normed + y}[residual]
+    out = {"x": x + y, "none": y, "normed": normed + y}[residual]
+    return layer_norm(out, norm1["weight"], norm1["bias"], **ln) if norm == "post" else out
 
 
-def channel_mixing(x, norm2, mlp_channels, residual="x", act="erf", ln=None, transpose=True, mix_tokens=False):
-    """x + mlp_channels(norm2(x)), with switches: residual, act, ln knobs, weight transpose, and
-    mix_tokens (the MLP applied across tokens, as a token mixing). [B, N, C] -> [B, N, C]"""
-    normed = layer_norm(x, norm2["weight"], norm2["bias"], **(ln or {}))
+def channel_mixing(x, norm2, mlp_channels, residual="x", act="erf", ln=None, transpose=True, mix_tokens=False,
+                   norm="pre", act_after_fc2=False):
+    """x + mlp_channels(norm2(x)), with switches: residual, act, ln knobs, weight transpose,
+    mix_tokens (the MLP applied across tokens, as a token mixing), norm "pre" / "post" / "none". [B, N, C] -> [B, N, C]"""
+    ln = ln or {}
+    normed = _norm(x, norm2, ln, norm)
+    kw = dict(act=act, transpose=transpose, act_after_fc2=act_after_fc2)
     if mix_tokens:
-        y = mlp(normed.swapaxes(1, 2), **mlp_channels, act=act, transpose=transpose).swapaxes(1, 2)
+        y = mlp(normed.swapaxes(1, 2), **mlp_channels, **kw).swapaxes(1, 2)
     else:
-        y = mlp(normed, **mlp_channels, act=act, transpose=transpose)
-    return {"x": x + y, "none": y, "normed": normed + y}[residual]
+        y = mlp(normed, **mlp_channels, **kw)
+    out = {"x": x + y, "none": y, "normed": normed + y}[residual]
+    return layer_norm(out, norm2["weight"], norm2["bias"], **ln) if norm == "post" else out
 
 
 def mixer_block(x, norm1, mlp_tokens, norm2, mlp_channels, order="token_first", token=None, channel=None):
@@ -155,6 +186,12 @@ def mixer_block(x, norm1, mlp_tokens, norm2, mlp_channels, order="token_first", 
         return x + t + c
     if order == "swapped_norms":
         return channel_mixing(token_mixing(x, norm2, mlp_tokens, **token), norm1, mlp_channels, **channel)
+    if order == "skip_from_input":  # the second residual adds the block's input, not token mixing's output
+        y = token_mixing(x, norm1, mlp_tokens, **token)
+        return x + channel_mixing(y, norm2, mlp_channels, residual="none", **channel)
+    if order == "one_residual":  # x + channel(token(x)), no residual inside
+        y = token_mixing(x, norm1, mlp_tokens, residual="none", **token)
+        return x + channel_mixing(y, norm2, mlp_channels, residual="none", **channel)
     raise ValueError(order)
 
 
@@ -172,19 +209,25 @@ def global_pool(x, kind="mean"):
         return x[:, 0]
     if kind == "channels":
         return x.mean(axis=2)
+    if kind == "batch":
+        return x.mean(axis=0)
     raise ValueError(kind)
 
 
-def forward(x, params, patch_size=16, pool="mean", final_norm=True, stem_kw=None, block=None, head=True):
-    """The whole model with switches: pooling, the final norm, the stem's and each block's mistakes,
-    the head. [B, 3, H, W] -> [B, K]"""
+def forward(x, params, patch_size=16, pool="mean", final_norm=True, stem_kw=None, block=None, head=True,
+            pool_before_norm=False):
+    """The whole model with switches: pooling, the final norm (or pooling before it), the stem's and each
+    block's mistakes, the head. [B, 3, H, W] -> [B, K]"""
     p = params
     y = stem(x, p["stem"]["proj"], patch_size, **(stem_kw or {}))  # [B, N, C]
     for blk in p["blocks"]:
         y = mixer_block(y, **blk, **(block or {}))
+    if pool_before_norm:
+        y = global_pool(y, pool)  # [B, C], then normalised
     if final_norm:
         y = layer_norm(y, p["norm"]["weight"], p["norm"]["bias"])
-    y = global_pool(y, pool)  # [B, C]
+    if not pool_before_norm:
+        y = global_pool(y, pool)  # [B, C]
     return linear(y, p["head"]["weight"], p["head"]["bias"]) if head and "head" in p else y
 
 
@@ -194,21 +237,46 @@ GOOG_MEAN, GOOG_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _resize_crop(pil, short, size, interpolation, long_side, offset):
+    """Shorter side to `short`, the longer one long_side(short * long / short), then a size x size crop at
+    offset(free pixels) from the left and the top: timm's is int() and int(round(d / 2))."""
+    w, h = pil.size
+    new = (short, long_side(short * h / w)) if w <= h else (long_side(short * w / h), short)
+    pil = pil.resize(new, _INTERPOLATION[interpolation])
+    left, top = offset(new[0] - size), offset(new[1] - size)
+    return pil.crop((left, top, left + size, top + size))
+
+
+LONG_SIDES = {"int": int, "round": round, "ceil": math.ceil}
+OFFSETS = {"round": lambda d: int(round(d / 2)), "floor": lambda d: d // 2,
+           "half_up": lambda d: int(math.floor(d / 2 + 0.5))}
+
+
 def preprocess(img, interpolation="bicubic", crop="center", mean=GOOG_MEAN, std=GOOG_STD, chw=True,
-               scale=True, size=224, crop_pct=0.875):
+               scale=True, size=224, crop_pct=0.875, long_side="int", offset="round", bgr=False):
     """timm's eval transform for mixer_b16_224.goog_in21k_ft_in1k, with switches: interpolation; crop
     "center" (right) / "squash" (resize straight to size x size) / "short_side" (shorter side to size,
-    then crop: crop_pct ignored); mean/std; chw=False leaves HWC; scale=False skips / 255. [H, W, 3] uint8 -> [3, S, S]"""
+    then crop: crop_pct ignored) / "square_256" (resized to 256 x 256, then the centre crop); the long
+    side's rounding (LONG_SIDES), the crop offset's rounding (OFFSETS); bgr (channels reversed); mean/std;
+    chw=False leaves HWC; scale=False skips / 255. [H, W, 3] uint8 -> [3, S, S]"""
     pil = Image.fromarray(img)
-    if crop == "center":
+    if crop == "center" and (long_side, offset) != ("int", "round"):
+        pil = _resize_crop(pil, math.floor(size / crop_pct), size, interpolation, LONG_SIDES[long_side],
+                           OFFSETS[offset])
+    elif crop == "center":
         pil = center_crop(resize_shorter_side(pil, math.floor(size / crop_pct), interpolation), size)
     elif crop == "squash":
         pil = pil.resize((size, size), _INTERPOLATION[interpolation])
     elif crop == "short_side":
         pil = center_crop(resize_shorter_side(pil, size, interpolation), size)
+    elif crop == "square_256":
+        short = math.floor(size / crop_pct)
+        pil = center_crop(pil.resize((short, short), _INTERPOLATION[interpolation]), size)
     else:
         raise ValueError(crop)
     x = np.asarray(pil, np.float32)
+    if bgr:
+        x = x[..., ::-1]
     if scale:
         x = x / np.float32(255)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # [S, S, 3]
