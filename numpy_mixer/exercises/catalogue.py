@@ -622,3 +622,10 @@ BY_NAME = {e.name: e for e in EXERCISES}
 # fixtures are made in this order: the full-size chain is picture -> preprocess -> stem -> token mixing -> channel mixing
 BUILD_ORDER = [BY_NAME[n] for n in ["preprocess", "patchify", "stem", "layer_norm", "erf", "gelu", "linear", "mlp",
                                     "token_mixing", "channel_mixing", "mixer_block", "global_pool", "forward"]]
+
+# the cost exercise, then the backward exercises (after the forward ones), from their own module
+from .backward_exercises import BACKWARD, COST  # noqa: E402  (they use Case and Exercise, defined above)
+
+EXERCISES = FORWARD + [COST] + BACKWARD
+BY_NAME = {e.name: e for e in EXERCISES}
+BUILD_ORDER = BUILD_ORDER + [COST] + BACKWARD

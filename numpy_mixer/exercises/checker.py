@@ -21,6 +21,8 @@ def _fmt(v):
 
 def _where(out, expected):
     """'max diff 0.41 at [0, 3, 17] (got 0.79, expected 1.2)'."""
+    if out.ndim == 0:  # a count
+        return f"got {out.item():,}, expected {expected.item():,} (off by {out.item() - expected.item():+,})"
     diff = np.abs(out.astype(np.float64) - expected.astype(np.float64))
     diff = np.where(np.isnan(diff), np.inf, diff)
     idx = np.unravel_index(np.argmax(diff), diff.shape)
@@ -32,18 +34,21 @@ def _close(a, b, rtol, atol):
     return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol))
 
 
-def _known_mistake(exercise, out, expected, args):
-    """The hint of the classic mistake whose output this is (closest first), or None."""
-    rtol = max(exercise.rtol, 1e-5) * MATCH_FACTOR
-    atol = max(exercise.atol, 1e-6) * MATCH_FACTOR
+def _known_mistake(exercise, out, expected, args, output=None, tol=None):
+    """The hint of the classic mistake whose output this is (closest first), or None.
+    output: for an exercise with named outputs, the one to compare; tol: the case's (rtol, atol)."""
+    rtol0, atol0 = tol or (exercise.rtol, exercise.atol)
+    rtol = max(rtol0, 1e-5 if tol is None else 0) * MATCH_FACTOR
+    atol = max(atol0, 1e-6 if tol is None else 0) * MATCH_FACTOR
     best = None
     for hint, wrong in exercise.mistakes:
         try:
             with np.errstate(all="ignore"):
-                v = np.asarray(wrong(*copy.deepcopy(args)))
+                v = wrong(*copy.deepcopy(args))
+                v = np.asarray(exercise.split(v)[output] if output else v)
         except Exception:  # this mistake cannot even run on these shapes
             continue
-        if v.shape != out.shape or _close(v, expected, exercise.rtol, exercise.atol):
+        if v.shape != out.shape or _close(v, expected, rtol0, atol0):
             continue
         if _close(out, v, rtol, atol):
             d = float(np.abs(out.astype(np.float64) - v).max())
@@ -128,8 +133,14 @@ def _error_line(e):
     return f"{type(e).__name__}: {msg}{where}"
 
 
-def _compare(exercise, case, out, expected, args):
-    """(ok, exact, max_diff, problem, hint): problem is None when the answer is right."""
+def _compare(exercise, case, out, expected, args, output=None):
+    """(ok, exact, max_diff, problem, hint): problem is None when the answer is right.
+    output: the name of the output compared, for an exercise with several."""
+    rtol = exercise.rtol if case.rtol is None else case.rtol
+    atol = exercise.atol if case.atol is None else case.atol
+    tol = (rtol, atol)
+    if output is not None and np.ndim(out) == 0 and not isinstance(out, np.ndarray) and np.isscalar(out):
+        out = np.asarray(out)
     if not isinstance(out, np.ndarray):
         if out is None:
             return False, False, None, "returned None (a missing `return`?)", None
@@ -142,22 +153,24 @@ def _compare(exercise, case, out, expected, args):
             return False, False, None, f"returned a {type(out).__name__}, expected a NumPy array", None
     if out.shape != expected.shape:
         problem = f"shape {tuple(out.shape)}, expected {tuple(expected.shape)}"
-        return False, False, None, problem, _known_mistake(exercise, out, expected, args)
+        return False, False, None, problem, _known_mistake(exercise, out, expected, args, output, tol)
     if out.dtype.kind not in "fiu":
         return False, False, None, f"dtype {out.dtype}, expected {expected.dtype}", None
-    values_ok = _close(out, expected, exercise.rtol, exercise.atol)
+    values_ok = _close(out, expected, rtol, atol)
     if values_ok and not np.isnan(out).any():
         max_diff = float(np.abs(out.astype(np.float64) - expected).max())
         if out.dtype != expected.dtype:
             if out.dtype == np.float64 and expected.dtype == np.float32:
                 return False, False, max_diff, f"dtype float64, expected float32", catalogue.FLOAT64
+            if out.dtype == np.float32 and expected.dtype == np.float64:
+                return False, False, max_diff, "dtype float32, expected float64 (the inputs' dtype)", None
             return False, False, max_diff, f"dtype {out.dtype}, expected {expected.dtype}", None
         return True, bool(np.array_equal(out, expected)), max_diff, None, None
     problem = _where(out, expected)
     if np.isnan(out).any() and not np.isnan(expected).any():
         idx = np.argwhere(np.isnan(out))[0]
         problem = f"NaN at [{', '.join(map(str, idx))}]"
-    hint = _known_mistake(exercise, out, expected, args)
+    hint = _known_mistake(exercise, out, expected, args, output, tol)
     if out.dtype != expected.dtype:
         problem += f"; also dtype {out.dtype}, expected {expected.dtype}"
     return False, False, None, problem, hint
@@ -176,6 +189,8 @@ def verdict(name, fn, live=False):
         return False, f"{name}: no such exercise; the exercises are: {known}"
     exercise = catalogue.BY_NAME[name]
     store = fixtures.load()
+    if exercise.named:
+        return _verdict_named(exercise, fn, store, live)
     results = []  # (case, args, out)
     failure = None  # (case, problem, hint)
     exact, max_diff = True, 0.0
@@ -219,6 +234,68 @@ def verdict(name, fn, live=False):
     return ok, f"{line}; timm live: {live_line}"
 
 
+def _verdict_named(exercise, fn, store, live=False):
+    """(ok, one line per named output): "linear_backward dbias: WRONG: ... - looks like: ..."."""
+    name = exercise.name
+    raised = None  # (case, error line)
+    failed = {}  # output -> (case, problem, hint)
+    stats = {o: [True, 0.0, False] for o in exercise.outputs}  # exact, max diff, checked at all
+    results = []
+    for case in exercise.cases:
+        args = case.args(store)
+        try:
+            ret = _call(fn, args)
+        except NotImplementedError as e:
+            stub = _stub_name(e)
+            extra = f" ({stub} is still a stub)" if stub and stub != name else ""
+            return False, f"{name}: not implemented yet{extra}"
+        except Exception as e:
+            raised = raised or (case, "raised " + _error_line(e))
+            continue
+        try:
+            got = exercise.split(ret)
+        except ValueError as e:
+            return False, f"{name}: WRONG: {e}"
+        missing = [o for o in exercise.outputs if o not in got]
+        extra = [o for o in got if o not in exercise.outputs]
+        if missing or extra:
+            return False, (f"{name}: WRONG: returned {', '.join(got) or 'nothing'}; expected the gradients "
+                           f"{', '.join(exercise.outputs)}")
+        results.append((case, args, got))
+        for o in exercise.outputs:
+            expected = store[f"{case.out}/{o}"]
+            ok, is_exact, diff, problem, hint = _compare(exercise, case, got[o], expected, args, output=o)
+            if not ok:
+                if o not in failed:
+                    failed[o] = (case, problem, hint)
+                elif failed[o][2] is None and hint:
+                    failed[o] = (failed[o][0], failed[o][1], hint)
+                continue
+            stats[o][0] &= is_exact
+            stats[o][1] = max(stats[o][1], diff)
+            stats[o][2] = True
+    lines = []
+    several = len(exercise.cases) > 1
+    if raised:
+        case, problem = raised
+        hint = exercise.error_hint if "mismatch" in problem and exercise.error_hint else None
+        where = f" on the {case.name!r} case, {case.describe}" if several else ""
+        lines.append(f"{name}: WRONG: {problem}{where}" + (f" - looks like: {hint}" if hint else ""))
+    for o in exercise.outputs:
+        if o in failed:
+            case, problem, hint = failed[o]
+            where = f" on the {case.name!r} case, {case.describe}" if several else ""
+            lines.append(f"{name} {o}: WRONG: {problem}{where}" + (f" - looks like: {hint}" if hint else ""))
+        elif stats[o][2]:
+            exact, diff, _ = stats[o]
+            lines.append(f"{name} {o}: " + ("exact" if exact else f"allclose (max diff {_fmt(diff)})"))
+    ok = not raised and not failed
+    if ok and live:
+        live_ok, live_line = _live(exercise, results)
+        return live_ok, "\n".join(lines) + f"\n{name}: timm live: {live_line}"
+    return ok, "\n".join(lines)
+
+
 def _live(exercise, results):
     """Compare the learner's outputs with timm run now on the same inputs."""
     try:
@@ -228,9 +305,18 @@ def _live(exercise, results):
         return True, "skipped (needs torch and timm: pip install timm)"
     torch_fn = getattr(reference, exercise.name)
     exact, max_diff = True, 0.0
+    pairs = []
     for case, args, out in results:
         want = torch_fn(*copy.deepcopy(args))
-        if not _close(out, want, exercise.rtol, exercise.atol):
+        if exercise.named:  # every named output, one pair each
+            want = exercise.split(want)
+            pairs += [(case, np.asarray(out[o]), np.asarray(want[o])) for o in exercise.outputs]
+        else:
+            pairs.append((case, out, want))
+    for case, out, want in pairs:
+        rtol = exercise.rtol if case.rtol is None else case.rtol
+        atol = exercise.atol if case.atol is None else case.atol
+        if not _close(out, want, rtol, atol):
             return False, (f"WRONG on the {case.name!r} case: {_where(out, want)} - timm today disagrees with the "
                            "shipped fixtures; run: python tools/make_exercise_fixtures.py")
         exact &= bool(np.array_equal(out, want))

@@ -281,3 +281,142 @@ def preprocess(img, interpolation="bicubic", crop="center", mean=GOOG_MEAN, std=
         x = x / np.float32(255)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # [S, S, 3]
     return x.transpose(2, 0, 1) if chw else x
+
+
+# --- backward passes, with a switch for each classic mistake -------------------------------------------
+# Each takes the exercise's arguments (dout, the forward's inputs, the weights), recomputes what it needs
+# of the forward, and returns (dx, grads) with grads shaped like the weights (timm's keys).
+
+def linear_backward(dout, x, weight, bias, dx_with="weight", dweight="right", dbias="all"):
+    """dx_with "weight" (right) / "weight.T"; dweight "right" / "transposed" (x.T @ dout) / "per_row" (not
+    summed); dbias "all" (right) / "none" (dout itself) / "first" (summed over axis 0 only) / "mean"."""
+    dx = dout @ (weight if dx_with == "weight" else weight.T)  # [..., out] @ [out, in]
+    d2, x2 = dout.reshape(-1, dout.shape[-1]), x.reshape(-1, x.shape[-1])  # [M, out], [M, in]
+    dw = {"right": lambda: d2.T @ x2, "transposed": lambda: x2.T @ d2,
+          "per_row": lambda: dout[..., :, None] * x[..., None, :]}[dweight]()
+    db = {"all": lambda: d2.sum(axis=0), "none": lambda: dout, "first": lambda: dout.sum(axis=0),
+          "mean": lambda: d2.mean(axis=0)}[dbias]()
+    return dx, {"weight": dw, "bias": db}
+
+
+def layer_norm_backward(dout, x, weight, bias, eps=1e-6, terms="both", use_weight=True, sums="all"):
+    """terms "both" (right) / "no_mean" / "no_var" / "neither"; use_weight=False: dxhat = dout; sums "none":
+    dweight and dbias not summed over the rows."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt(var + x.dtype.type(eps))
+    xhat = (x - mean) * rstd
+    dxhat = dout * weight if use_weight else dout
+    mean_term = dxhat.mean(axis=-1, keepdims=True) if terms in ("both", "no_var") else 0
+    var_term = xhat * (dxhat * xhat).mean(axis=-1, keepdims=True) if terms in ("both", "no_mean") else 0
+    dx = rstd * (dxhat - mean_term - var_term)
+    C = x.shape[-1]
+    if sums == "none":
+        return dx, {"weight": dout * xhat, "bias": dout}
+    return dx, {"weight": (dout * xhat).reshape(-1, C).sum(axis=0), "bias": dout.reshape(-1, C).sum(axis=0)}
+
+
+def gelu_backward(dout, x, kind="right"):
+    """kind "right": dout * (Phi + x phi); "no_x_pdf": dout * Phi; "pdf_no_x": dout * (Phi + phi);
+    "no_dout": Phi + x phi (the chain rule forgotten); "tanh": the tanh approximation's derivative."""
+    half = x.dtype.type(0.5)
+    Phi = half * (1 + layers.erf(x * x.dtype.type(math.sqrt(0.5))))
+    phi = np.exp(-half * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
+    if kind == "tanh":
+        c, k = x.dtype.type(math.sqrt(2 / math.pi)), x.dtype.type(0.044715)
+        t = np.tanh(c * (x + k * x ** 3))
+        return dout * (half * (1 + t) + half * x * (1 - t * t) * c * (1 + 3 * k * x * x))
+    local = {"right": Phi + x * phi, "no_x_pdf": Phi, "pdf_no_x": Phi + phi, "no_dout": Phi + x * phi}[kind]
+    return local if kind == "no_dout" else dout * local
+
+
+def softmax_cross_entropy_backward(logits, labels, kind="right"):
+    """kind "right": (softmax - one_hot) / B; "no_mean": not / B; "no_one_hot"; "sign": (one_hot - softmax) / B."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    one_hot = np.zeros_like(p)
+    one_hot[np.arange(len(labels)), labels] = 1
+    g = {"right": p - one_hot, "no_mean": p - one_hot, "no_one_hot": p, "sign": one_hot - p}[kind]
+    return g if kind == "no_mean" else g / logits.dtype.type(len(labels))
+
+
+def mlp_backward(dout, x, fc1, fc2, gelu_kind="right", dbias="all"):
+    """Back through fc2, GELU, fc1 (the forward recomputed). -> (dx, {"fc1": ..., "fc2": ...})"""
+    h = linear(x, fc1["weight"], fc1["bias"])
+    a = gelu(h)
+    da, dfc2 = linear_backward(dout, a, fc2["weight"], fc2["bias"], dbias=dbias)
+    dh = gelu_backward(da, h, gelu_kind)
+    dx, dfc1 = linear_backward(dh, x, fc1["weight"], fc1["bias"], dbias=dbias)
+    return dx, {"fc1": dfc1, "fc2": dfc2}
+
+
+def token_mixing_backward(dout, x, norm1, mlp_tokens, skip=True, transpose_in=True, transpose_back=True,
+                          ln_terms="both", gelu_kind="right", dbias="all"):
+    """skip=False: dx without dout (the residual's gradient lost); transpose_in=False: dout not swapped
+    before the MLP's backward; transpose_back=False: its gradient not swapped back before LayerNorm's."""
+    y = layers.layer_norm(x, **norm1)  # [B, N, C]
+    yt = y.swapaxes(1, 2)  # [B, C, N]
+    d_in = dout.swapaxes(1, 2) if transpose_in else dout
+    dyt, dmlp = mlp_backward(d_in, yt, **mlp_tokens, gelu_kind=gelu_kind, dbias=dbias)  # [B, C, N]
+    dy = dyt.swapaxes(1, 2) if transpose_back else dyt
+    dx, dnorm = layer_norm_backward(dy, x, **norm1, terms=ln_terms)
+    return (dout + dx if skip else dx), {"norm1": dnorm, "mlp_tokens": dmlp}
+
+
+def channel_mixing_backward(dout, x, norm2, mlp_channels, skip=True, ln_terms="both", gelu_kind="right",
+                            dbias="all"):
+    y = layers.layer_norm(x, **norm2)
+    dy, dmlp = mlp_backward(dout, y, **mlp_channels, gelu_kind=gelu_kind, dbias=dbias)
+    dx, dnorm = layer_norm_backward(dy, x, **norm2, terms=ln_terms)
+    return (dout + dx if skip else dx), {"norm2": dnorm, "mlp_channels": dmlp}
+
+
+def mixer_block_backward(dout, x, norm1, mlp_tokens, norm2, mlp_channels, order="right", token=None, channel=None):
+    """order "right": channel mixing's backward first, at token mixing's output; "forward_order": token
+    mixing's backward first (and channel mixing's at the block's input); token/channel: switches of each half."""
+    token, channel = token or {}, channel or {}
+    if order == "forward_order":
+        dmid, dtok = token_mixing_backward(dout, x, norm1, mlp_tokens, **token)
+        dx, dch = channel_mixing_backward(dmid, x, norm2, mlp_channels, **channel)
+        return dx, {**dtok, **dch}
+    mid = layers.token_mixing(x, norm1, mlp_tokens)
+    dmid, dch = channel_mixing_backward(dout, mid, norm2, mlp_channels, **channel)
+    dx, dtok = token_mixing_backward(dmid, x, norm1, mlp_tokens, **token)
+    return dx, {**dtok, **dch}
+
+
+def global_pool_head_backward(dout, x, weight, bias, divide=True, dweight_from="mean", dx_with="weight"):
+    """divide=False: every token gets the whole dout (the 1/N forgotten); dweight_from "sum": the head's
+    input taken as the sum over tokens; dx_with "weight.T"."""
+    B, N, C = x.shape
+    pooled = x.mean(axis=1) if dweight_from == "mean" else x.sum(axis=1)  # [B, C]
+    dpooled, dhead = linear_backward(dout, pooled, weight, bias, dx_with=dx_with)  # [B, C]
+    share = dpooled / x.dtype.type(N) if divide else dpooled
+    return np.repeat(share[:, None, :], N, axis=1), dhead  # [B, N, C]
+
+
+# --- cost: parameters and multiply-adds, with a switch for each way to miscount ------------------------------
+
+def cost(config, biases=True, norms=True, final_norm=True, head=True, stem=True, flops=False, token_rows="channels",
+         blocks=None, bias_macs=False):
+    """{"block_params", "block_macs", "params", "macs"}; matmul multiply-adds only, unless a switch says otherwise."""
+    c = config
+    P, C, T, H, K = c["patch_size"], c["embed_dim"], c["tokens_dim"], c["channels_dim"], c["num_classes"]
+    N = (c["img_size"] // P) ** 2
+    patch = c["in_chans"] * P * P
+
+    def linear(n_in, n_out, rows):  # (params, macs) of a Linear applied to `rows` rows
+        macs = rows * n_in * n_out + (rows * n_out if bias_macs else 0)
+        return n_in * n_out + (n_out if biases else 0), macs
+
+    token_rows = C if token_rows == "channels" else N
+    layers_ = [linear(N, T, token_rows), linear(T, N, token_rows), linear(C, H, N), linear(H, C, N)]
+    block_params = sum(p for p, _ in layers_) + (4 * C if norms else 0)
+    block_macs = sum(m for _, m in layers_)
+    stem_p, stem_m = linear(patch, C, N) if stem else (0, 0)
+    head_p, head_m = linear(C, K, 1) if head and K else (0, 0)
+    depth = c["depth"] if blocks is None else blocks
+    params = stem_p + depth * block_params + (2 * C if norms and final_norm else 0) + head_p
+    macs = stem_m + depth * block_macs + head_m
+    scale = 2 if flops else 1
+    return {"block_params": block_params, "block_macs": scale * block_macs, "params": params, "macs": scale * macs}
