@@ -127,9 +127,9 @@ def _both_halves(**kw):
 
 BACKWARD = [
     Exercise(
-        "linear_backward", "7 backward", "dx, dweight, dbias of x @ weight.T + bias",
+        "linear_backward", "7 backward", "dx, dweight, dbias of torch's Linear",
         """\
-linear_backward(dout, x, weight, bias): the gradients of torch's Linear, y = x @ weight.T + bias, given
+linear_backward(dout, x, weight, bias): the gradients of torch's Linear, y = x weight^T + bias, given
 dout = dloss/dy.
 
     dout: [..., out], x: [..., in], weight: [out, in], bias: [out]

@@ -58,9 +58,9 @@ EPS_OUTSIDE = "eps outside the square root, (x - mean) / (std + eps); torch comp
 UNBIASED = "unbiased variance (divide by C-1, ddof=1); torch's LayerNorm divides by C (biased)"
 WRONG_AXIS = "LayerNorm over the wrong axis; normalise each token over its own C channels: mean and var over axis=-1"
 NO_AFFINE = "LayerNorm without its weight and bias: ... * weight + bias"
-NO_TRANSPOSES = ("mlp_tokens applied with the channels as the last axis (no transposes, or none that moves C): "
-                 "mlp_tokens acts on the token axis, so transpose axes 1 and 2, [B, N, C] -> [B, C, N], before it "
-                 "and back after (x.swapaxes(1, 2))")
+NO_TRANSPOSES = ("token mixing without the transposes (mlp_tokens got the channels as its last axis): it acts on "
+                 "the token axis, so transpose axes 1 and 2, [B, N, C] -> [B, C, N], before it and back after "
+                 "(x.swapaxes(1, 2))")
 RESHAPE_NOT_TRANSPOSE = ("reshape instead of transpose: x.reshape(B, C, N) keeps the memory order and "
                          "scrambles tokens and channels; swap the axes with x.swapaxes(1, 2)")
 NORM_AFTER_TRANSPOSE = ("LayerNorm applied after the transpose, over the tokens: normalise each token over "
@@ -521,7 +521,7 @@ Checked on N=16, C=24 and on N = C = 16.""",
                   (BATCH_POOL, lambda x: M.global_pool(x, "batch"))],
         hints=["Average over the tokens; keep the batch and the channels.",
                "The token axis is axis 1 of [B, N, C].",
-               "x.mean(axis=1)"]),
+               "x.mean(axis=1), which keeps x's dtype (float32)"]),
     Exercise(
         "forward", "4 the whole model", "stem, blocks, final norm, mean pool, head",
         """\

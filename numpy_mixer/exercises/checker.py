@@ -234,6 +234,30 @@ def verdict(name, fn, live=False):
     return ok, f"{line}; timm live: {live_line}"
 
 
+def _joint_mistake(exercise, case, args, got, store, failing):
+    """(hint, outputs it explains): the classic mistake that matches the most of the failing outputs."""
+    best = (None, set())
+    if not failing:
+        return best
+    rtol = (exercise.rtol if case.rtol is None else case.rtol) * MATCH_FACTOR
+    atol = (exercise.atol if case.atol is None else case.atol) * MATCH_FACTOR
+    for hint, wrong in exercise.mistakes:
+        try:
+            with np.errstate(all="ignore"):
+                theirs = exercise.split(wrong(*copy.deepcopy(args)))
+        except Exception:
+            continue
+        explains = set()
+        for o in failing:
+            mine, v, expected = np.asarray(got[o]), np.asarray(theirs[o]), store[f"{case.out}/{o}"]
+            if v.shape == mine.shape and mine.dtype.kind in "fiu" and _close(mine, v, rtol, atol) \
+                    and not (v.shape == expected.shape and _close(v, expected, rtol / MATCH_FACTOR, atol / MATCH_FACTOR)):
+                explains.add(o)
+        if len(explains) > len(best[1]):
+            best = (hint, explains)
+    return best
+
+
 def _verdict_named(exercise, fn, store, live=False):
     """(ok, one line per named output): "linear_backward dbias: WRONG: ... - looks like: ..."."""
     name = exercise.name
@@ -262,9 +286,13 @@ def _verdict_named(exercise, fn, store, live=False):
             return False, (f"{name}: WRONG: returned {', '.join(got) or 'nothing'}; expected the gradients "
                            f"{', '.join(exercise.outputs)}")
         results.append((case, args, got))
+        compared = {o: _compare(exercise, case, got[o], store[f"{case.out}/{o}"], args, output=o)
+                    for o in exercise.outputs}
+        joint = _joint_mistake(exercise, case, args, got, store, [o for o, c in compared.items() if not c[0]])
         for o in exercise.outputs:
-            expected = store[f"{case.out}/{o}"]
-            ok, is_exact, diff, problem, hint = _compare(exercise, case, got[o], expected, args, output=o)
+            ok, is_exact, diff, problem, hint = compared[o]
+            if not ok and o in joint[1]:  # one mistake that explains most of the wrong gradients names them all
+                hint = joint[0]
             if not ok:
                 if o not in failed:
                     failed[o] = (case, problem, hint)
@@ -278,7 +306,8 @@ def _verdict_named(exercise, fn, store, live=False):
     several = len(exercise.cases) > 1
     if raised:
         case, problem = raised
-        hint = exercise.error_hint if "mismatch" in problem and exercise.error_hint else None
+        found = [f[2] for f in failed.values() if f[2]]  # a case that ran named the mistake: it explains the error
+        hint = found[0] if found else exercise.error_hint if "mismatch" in problem and exercise.error_hint else None
         where = f" on the {case.name!r} case, {case.describe}" if several else ""
         lines.append(f"{name}: WRONG: {problem}{where}" + (f" - looks like: {hint}" if hint else ""))
     for o in exercise.outputs:
