@@ -91,7 +91,8 @@ DWEIGHT_PER_ROW = ("dweight not summed over the rows: every row adds its outer p
 LN_NO_MEAN = ("layer_norm backward without the mean term: x_hat depends on x through the mean too; "
               "dx = rstd * (dxhat - mean(dxhat) - x_hat * mean(dxhat * x_hat)), you left out - mean(dxhat)")
 LN_NO_VAR = ("layer_norm backward without the variance term: x_hat depends on x through the variance too; "
-             "dx = rstd * (dxhat - mean(dxhat) - x_hat * mean(dxhat * x_hat)), you left out - x_hat * mean(dxhat * x_hat)")
+             "dx = rstd * (dxhat - mean(dxhat) - x_hat * mean(dxhat * x_hat)), "
+             "you left out - x_hat * mean(dxhat * x_hat)")
 LN_NEITHER = ("layer_norm backward missing the mean and the variance terms (only rstd * dxhat): "
               "dx = rstd * (dxhat - mean(dxhat) - x_hat * mean(dxhat * x_hat)), means over the last axis")
 LN_NO_WEIGHT = "dout not multiplied by weight before going back through the normalisation: dxhat = dout * weight"
@@ -104,7 +105,8 @@ GELU_NO_DOUT = "the local derivative not multiplied by dout (the chain rule): dx
 GELU_TANH = ("the derivative of the tanh approximation; the exact GELU's is Phi(x) + x phi(x), "
              "phi(x) = exp(-x^2 / 2) / sqrt(2 pi)")
 CE_NO_MEAN = "not divided by the batch size: the loss is the mean over the batch, so dlogits = (softmax - one_hot) / B"
-CE_NO_ONE_HOT = "softmax without the one-hot of the labels subtracted: dlogits = (softmax(logits) - one_hot(labels)) / B"
+CE_NO_ONE_HOT = ("softmax without the one-hot of the labels subtracted: "
+                 "dlogits = (softmax(logits) - one_hot(labels)) / B")
 CE_SIGN = "the sign flipped: dlogits = (softmax - one_hot) / B, the gradient of the loss (not of the log-likelihood)"
 NO_SKIP = ("the residual's gradient does not flow through the skip: out = x + f(x), so dx = dout + (the gradient "
            "through f); add dout")
@@ -319,9 +321,10 @@ Checked against torch autograd (timm's MixerBlock) on N=16, C=24 in float64 and 
 (float32).""",
         _cases("mixer_block_backward", ("norm1", "mlp_tokens", "norm2", "mlp_channels"), "x [2, 16, 24]",
                square="x [2, 16, 16], float32"),
-        rtol=1e-4, atol=1e-5, outputs=_grad_names(*(_TOKEN + _CHANNEL)), split=split_grads(_grad_names(*(_TOKEN + _CHANNEL))),
+        rtol=1e-4, atol=1e-5, outputs=_grad_names(*_TOKEN, *_CHANNEL), split=split_grads(_grad_names(*_TOKEN, *_CHANNEL)),
         mistakes=[(FORWARD_ORDER, lambda d, x, *p: M.mixer_block_backward(d, x, *p, order="forward_order")),
-                  (NO_SKIP + " (in token mixing)", lambda d, x, *p: M.mixer_block_backward(d, x, *p, token=dict(skip=False))),
+                  (NO_SKIP + " (in token mixing)",
+                   lambda d, x, *p: M.mixer_block_backward(d, x, *p, token=dict(skip=False))),
                   (NO_SKIP + " (in channel mixing)",
                    lambda d, x, *p: M.mixer_block_backward(d, x, *p, channel=dict(skip=False))),
                   (NO_SKIP + " (in both halves)",
@@ -380,7 +383,8 @@ COST_CONFIGS = {
     "tiny": _config(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, tokens_dim=16, channels_dim=128,
                     num_classes=10),  # the whole-model exercise's tiny Mixer
 }
-_COST_CASES = {"b16": "mixer_b16_224", "s32": "mixer_s32_224", "tiny": "the tiny Mixer (32 x 32, P=8, C=32, 2 blocks, K=10)"}
+_COST_CASES = {"b16": "mixer_b16_224", "s32": "mixer_s32_224",
+               "tiny": "the tiny Mixer (32 x 32, P=8, C=32, 2 blocks, K=10)"}
 _COUNTS = ["block_params", "block_macs", "params", "macs"]
 
 NO_BIASES = "the biases left out: every Linear (and the stem conv) has one bias per output unit"

@@ -250,8 +250,8 @@ def _joint_mistake(exercise, case, args, got, store, failing):
         explains = set()
         for o in failing:
             mine, v, expected = np.asarray(got[o]), np.asarray(theirs[o]), store[f"{case.out}/{o}"]
-            if v.shape == mine.shape and mine.dtype.kind in "fiu" and _close(mine, v, rtol, atol) \
-                    and not (v.shape == expected.shape and _close(v, expected, rtol / MATCH_FACTOR, atol / MATCH_FACTOR)):
+            right = v.shape == expected.shape and _close(v, expected, rtol / MATCH_FACTOR, atol / MATCH_FACTOR)
+            if v.shape == mine.shape and mine.dtype.kind in "fiu" and _close(mine, v, rtol, atol) and not right:
                 explains.add(o)
         if len(explains) > len(best[1]):
             best = (hint, explains)

@@ -160,7 +160,8 @@ def token_mixing(x, norm1, mlp_tokens, transposes="swap", residual="x", act="erf
 def channel_mixing(x, norm2, mlp_channels, residual="x", act="erf", ln=None, transpose=True, mix_tokens=False,
                    norm="pre", act_after_fc2=False):
     """x + mlp_channels(norm2(x)), with switches: residual, act, ln knobs, weight transpose,
-    mix_tokens (the MLP applied across tokens, as a token mixing), norm "pre" / "post" / "none". [B, N, C] -> [B, N, C]"""
+    mix_tokens (the MLP applied across tokens, as a token mixing), norm "pre" / "post" / "none".
+    [B, N, C] -> [B, N, C]"""
     ln = ln or {}
     normed = _norm(x, norm2, ln, norm)
     kw = dict(act=act, transpose=transpose, act_after_fc2=act_after_fc2)
