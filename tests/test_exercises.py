@@ -17,7 +17,7 @@ from numpy_mixer.exercises import (EXERCISES, STUBS, check, fixtures, hint, hint
 from numpy_mixer.exercises import backward_exercises as BX
 from numpy_mixer.exercises import catalogue
 
-from .exercise_wrong_answers import WRONG_FORWARD, measure
+from .exercise_wrong_answers import HELD_OUT, WRONG_FORWARD, measure
 
 
 # --- the learner's building blocks, right, used inside the wrong answers ------------------------------------
@@ -242,6 +242,24 @@ def test_wrong_forward_answers_written_before_the_catalogue_get_their_hint():
     right, misleading, silent, passed = measure()
     assert not passed and not misleading, passed + misleading
     assert len(right) == len(WRONG_FORWARD) and not silent, silent
+
+
+def test_held_out_wrong_answers_never_pass_nor_mislead():
+    """13 wrong answers written after the catalogue: a hint may be missing, but none is misleading, none passes."""
+    right, misleading, silent, passed = measure(HELD_OUT)
+    assert not passed and not misleading, passed + misleading
+    assert len(right) >= 11, silent
+
+
+def test_patchify_order_is_read_off_the_values():
+    """patchify's diagnosis traces each value back to its pixel: any order mix-up is named, catalogued or not."""
+    def patchify_hcw(x, patch_size=16):
+        B, c, h, w = x.shape
+        P = patch_size
+        return x.reshape(B, c, h // P, P, w // P, P).transpose(0, 2, 4, 3, 1, 5).reshape(B, -1, c * P * P)
+    ok, line = verdict("patchify", patchify_hcw)
+    assert not ok and line.endswith("looks like: each patch flattened in (h, c, w) order; the conv kernel [C, 3, P, P] "
+                                    "is stored (c, h, w)")
 
 
 def test_transpose_hint_names_the_axes():

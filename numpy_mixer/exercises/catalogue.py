@@ -123,6 +123,14 @@ CROP_HALF_UP = ("the crop offset rounded half up (int(d / 2 + 0.5), or ceil); to
                 "which rounds halves to even: round(58.5) = 58")
 SQUARE_256 = ("resized to 256 x 256 (the aspect ratio lost) before the crop; resize the SHORTER side to 256 and "
               "keep the aspect ratio")
+NO_SQRT = "divided by the variance, not by the standard deviation: (x - mean) / sqrt(var + eps)"
+KERNEL_HWC = ("the kernel flattened in (h, w, c) order while the patches are (c, h, w): both must be flattened the "
+              "same way, weight.reshape(C, -1) keeps the kernel's (c, h, w)")
+NORM1_TWICE = "norm1 used before both MLPs; channel mixing has its own norm, norm2"
+NO_STEM_BIAS = "the stem's bias left out: patches @ weight.reshape(C, -1).T + bias"
+CROP_THEN_RESIZE = ("the central square cropped first, then resized to 224: resize the shorter side to 256 first, "
+                    "then cut the central 224 x 224 (the border the crop drops is 12.5% of the side)")
+KEEPDIMS = "an extra axis of size 1 (keepdims=True?): the shapes must match exactly"
 FLOAT64 = ("a float64 upcast: the values are right but the dtype is float64; keep float32 end to end (a float64 "
            "Python scalar in np.asarray, np.float64 constants, x / 255.0 on uint8, or astype(float) upcast silently)")
 
@@ -155,6 +163,43 @@ def _erf_pattern(out, expected, args):
         return (f"an approximation that is not accurate enough (max error {err:.1e}; torch's erf is within 1e-7): "
                 "use A&S 7.1.26 (error 1.5e-7) or more terms")
     return None
+
+
+def _patch_pattern(out, expected, args):
+    """patchify only moves pixels: find where each value came from and say what order the answer used."""
+    from itertools import permutations
+    x, P = args[0], (args[1] if len(args) > 1 else 16)
+    B, c, height, width = x.shape
+    lookup = {v: i for i, v in enumerate(x.ravel().tolist())}
+    if len(lookup) != x.size:  # repeated values: the source of a value is ambiguous
+        return None
+    try:
+        src = np.array([lookup[v] for v in out.ravel().tolist()])
+    except KeyError:
+        return "values that are not pixels of x: patchify only moves pixels, it computes nothing"
+    b, ch, row, col = (a.reshape(out.shape) for a in np.unravel_index(src, x.shape))  # each [B, N, 3*P*P]
+    if (b != np.arange(B)[:, None, None]).any():
+        return "pixels of one image in another image's tokens: keep the batch axis first"
+    tile_r, tile_c = row // P, col // P
+    if (tile_r != tile_r[..., :1]).any() or (tile_c != tile_c[..., :1]).any():
+        return RESHAPE_PATCHES
+    problems = []
+    N = out.shape[1]
+    if (tile_r[..., 0] * (width // P) + tile_c[..., 0] != np.arange(N)).any():
+        if (tile_c[..., 0] * (height // P) + tile_r[..., 0] == np.arange(N)).all():
+            problems.append("tokens numbered column by column; timm numbers them row by row")
+        else:
+            problems.append("tokens in another order than row by row over the grid")
+    where = {"c": ch[0, 0], "h": row[0, 0] % P, "w": col[0, 0] % P}
+    size = {"c": c, "h": P, "w": P}
+    for order in permutations("chw"):
+        index = (where[order[0]] * size[order[1]] + where[order[1]]) * size[order[2]] + where[order[2]]
+        if (index == np.arange(out.shape[2])).all():
+            if order != ("c", "h", "w"):
+                problems.append(f"each patch flattened in ({', '.join(order)}) order; the conv kernel [C, 3, P, P] "
+                                "is stored (c, h, w)")
+            break
+    return "; ".join(problems) or None
 
 
 # --- the exercises, in the walkthrough's order ----------------------------------------------------
@@ -192,6 +237,7 @@ Checked against torch.nn.functional.unfold on an 8 x 12 image (P=4, a 2 x 3 grid
                   (COLUMN_TOKENS, lambda x, P=16: M.patchify(x, P, grid="columns")),
                   (RESHAPE_PATCHES, lambda x, P=16: M.patchify(x, P, method="reshape")),
                   (STRIDED_PATCHES, lambda x, P=16: M.patchify(x, P, method="strided"))],
+        diagnose=_patch_pattern,
         hints=["See the image as a grid of tiles: split each spatial axis in two, which tile and which pixel "
                "inside it; then bring the two tile axes forward and the three axes inside a tile (channel, row, "
                "column) to the back, and flatten each group.",
@@ -225,6 +271,7 @@ mixer_b16's stem (C = 768 = 3*16*16: the weight is square, so forgetting its lay
                   (COLUMN_TOKENS, lambda x, proj, P=16: M.stem(x, proj, P, grid="columns")),
                   (RESHAPE_PATCHES, lambda x, proj, P=16: M.stem(x, proj, P, method="reshape")),
                   (STRIDED_PATCHES, lambda x, proj, P=16: M.stem(x, proj, P, method="strided")),
+                  (KERNEL_HWC, lambda x, proj, P=16: M.stem(x, proj, P, weight="kernel_hwc")),
                   (NO_BIAS, lambda x, proj, P=16: M.stem(x, proj, P, use_bias=False))],
         error_hint="check each matmul's shapes: patches [B, N, 3*P*P] @ weight.reshape(C, -1).T [3*P*P, C]",
         hints=["Every output number is one tile times one kernel: all of them at once are one matrix product of "
@@ -267,7 +314,10 @@ ones eps decides the answer.""",
                   (NO_AFFINE, lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, affine=False)),
                   (RMSNORM, lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, kind="rms")),
                   (NO_CENTER, lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, kind="no_center")),
-                  (SWAPPED_AFFINE, lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, swap_affine=True))],
+                  (SWAPPED_AFFINE, lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, swap_affine=True)),
+                  (RMSNORM + " (and eps outside the square root)",
+                   lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, kind="rms", eps_outside=True)),
+                  (NO_SQRT, lambda x, w, b, eps=1e-6: M.layer_norm(x, w, b, kind="no_sqrt"))],
         hints=["Per token: subtract its mean, divide by its standard deviation (with eps inside the square root), "
                "then scale and shift channel by channel.",
                "Reduce over axis -1 only and keep that axis, so that the [..., 1] mean and variance broadcast "
@@ -488,6 +538,7 @@ Checked on N=16, C=24, on N = C = 16, and on a full-size mixer_b16 block.""",
                   (SWAPPED_NORMS, lambda x, *p: M.mixer_block(x, *p, order="swapped_norms")),
                   (SKIP_FROM_INPUT, lambda x, *p: M.mixer_block(x, *p, order="skip_from_input")),
                   (ONE_RESIDUAL, lambda x, *p: M.mixer_block(x, *p, order="one_residual")),
+                  (NORM1_TWICE, lambda x, *p: M.mixer_block(x, *p, order="norm1_twice")),
                   (POST_NORM, lambda x, *p: M.mixer_block(x, *p, token=dict(norm="post"), channel=dict(norm="post"))),
                   (TANH_GELU, lambda x, *p: M.mixer_block(x, *p, token=dict(act="tanh"), channel=dict(act="tanh"))),
                   (SILU, lambda x, *p: M.mixer_block(x, *p, token=dict(act="silu"), channel=dict(act="silu"))),
@@ -556,6 +607,7 @@ timm's MlpMixer loaded with the same weights.""",
                   (SILU, lambda x, p, P=16: M.forward(
                       x, p, P, block=dict(token=dict(act="silu"), channel=dict(act="silu")))),
                   (HWC_PATCHES, lambda x, p, P=16: M.forward(x, p, P, stem_kw=dict(order="hwc"))),
+                  (NO_STEM_BIAS, lambda x, p, P=16: M.forward(x, p, P, stem_kw=dict(use_bias=False))),
                   (CHANNEL_FIRST, lambda x, p, P=16: M.forward(x, p, P, block=dict(order="channel_first"))),
                   ("a missing head: return linear(x, **params['head']) after pooling",
                    lambda x, p, P=16: M.forward(x, p, P, head=False))],
@@ -597,6 +649,7 @@ crop offset, 35.5, are where rounding mistakes show).""",
                   (SQUASH + " (and bilinear instead of bicubic)",
                    lambda img: M.preprocess(img, crop="squash", interpolation="bilinear")),
                   (SQUARE_256, lambda img: M.preprocess(img, crop="square_256")),
+                  (CROP_THEN_RESIZE, lambda img: M.preprocess(img, crop="crop_then_resize")),
                   (ROUND_LONG, lambda img: M.preprocess(img, long_side="round")),
                   (CEIL_LONG, lambda img: M.preprocess(img, long_side="ceil")),
                   (CROP_FLOOR, lambda img: M.preprocess(img, offset="floor")),

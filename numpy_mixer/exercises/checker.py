@@ -153,7 +153,11 @@ def _compare(exercise, case, out, expected, args, output=None):
             return False, False, None, f"returned a {type(out).__name__}, expected a NumPy array", None
     if out.shape != expected.shape:
         problem = f"shape {tuple(out.shape)}, expected {tuple(expected.shape)}"
-        return False, False, None, problem, _known_mistake(exercise, out, expected, args, output, tol)
+        hint = _known_mistake(exercise, out, expected, args, output, tol)
+        if hint is None and out.size == expected.size and tuple(d for d in out.shape if d != 1) == tuple(
+                d for d in expected.shape if d != 1):
+            hint = catalogue.KEEPDIMS
+        return False, False, None, problem, hint
     if out.dtype.kind not in "fiu":
         return False, False, None, f"dtype {out.dtype}, expected {expected.dtype}", None
     values_ok = _close(out, expected, rtol, atol)

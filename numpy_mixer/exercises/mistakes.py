@@ -29,6 +29,8 @@ def layer_norm(x, weight, bias, eps=1e-6, ddof=0, axis=-1, eps_outside=False, af
         centred, var = x, (x * x).mean(axis=axis, keepdims=True)
     elif kind == "no_center":
         centred = x
+    elif kind == "no_sqrt":  # divided by var + eps, not by its square root
+        return (centred / (var + eps)) * weight + bias if affine else centred / (var + eps)
     y = centred / (np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps))
     if not affine:
         return y
@@ -117,6 +119,8 @@ def stem(x, proj, patch_size=16, order="chw", grid="rows", method="transpose", w
         y = patches @ w.reshape(C, -1).T
     elif weight == "no_transpose":
         y = patches @ w.reshape(C, -1)
+    elif weight == "kernel_hwc":  # the kernel flattened (h, w, c), the patches (c, h, w)
+        y = patches @ w.transpose(0, 2, 3, 1).reshape(C, -1).T
     elif weight == "flat_wrong":
         y = patches @ w.reshape(-1, C)
     else:
@@ -187,6 +191,8 @@ def mixer_block(x, norm1, mlp_tokens, norm2, mlp_channels, order="token_first", 
         return x + t + c
     if order == "swapped_norms":
         return channel_mixing(token_mixing(x, norm2, mlp_tokens, **token), norm1, mlp_channels, **channel)
+    if order == "norm1_twice":  # norm1 before both MLPs
+        return channel_mixing(token_mixing(x, norm1, mlp_tokens, **token), norm1, mlp_channels, **channel)
     if order == "skip_from_input":  # the second residual adds the block's input, not token mixing's output
         y = token_mixing(x, norm1, mlp_tokens, **token)
         return x + channel_mixing(y, norm2, mlp_channels, residual="none", **channel)
@@ -270,6 +276,11 @@ def preprocess(img, interpolation="bicubic", crop="center", mean=GOOG_MEAN, std=
         pil = pil.resize((size, size), _INTERPOLATION[interpolation])
     elif crop == "short_side":
         pil = center_crop(resize_shorter_side(pil, size, interpolation), size)
+    elif crop == "crop_then_resize":  # the central square first, then resized to size x size
+        w, h = pil.size
+        short = min(w, h)
+        left, top = (w - short) // 2, (h - short) // 2
+        pil = pil.crop((left, top, left + short, top + short)).resize((size, size), _INTERPOLATION[interpolation])
     elif crop == "square_256":
         short = math.floor(size / crop_pct)
         pil = center_crop(pil.resize((short, short), _INTERPOLATION[interpolation]), size)
