@@ -1,7 +1,9 @@
 """The golden fixtures: seeded inputs (NumPy only) and timm's outputs on them (saved, shipped).
 
 Keys are "<exercise>/<case>/<name>", e.g. "layer_norm/small/x", "token_mixing/b16/out"; nested
-weights keep timm's key names after the case ("token_mixing/small/mlp_tokens.fc1.weight").
+weights keep timm's key names after the case ("token_mixing/small/mlp_tokens.fc1.weight"). The backward
+exercises keep their weights under "p/" and one answer per gradient ("linear_backward/f64/p/weight",
+"linear_backward/f64/dweight"); the cost exercise one count per key ("cost/b16/params").
 The full-size mixer_b16 weights are not shipped: they are regenerated from a seed with
 numpy_mixer.checkpoint.random_state_dict (NumPy's PCG64), and their SHA-256 is stored in the
 fixture file's metadata so that a change in NumPy's random stream is caught, not silently used.
