@@ -72,7 +72,7 @@ class _AxisLog(np.ndarray):
 
     def transpose(self, *axes):
         if len(axes) == 1 and not isinstance(axes[0], int):
-            axes = axes[0]
+            axes = tuple(axes[0]) if axes[0] is not None else ()  # transpose((0, 2, 1)), np.transpose(a)
         self._note(axes if axes else range(self.ndim)[::-1])
         return super().transpose(*axes)
 
@@ -89,7 +89,8 @@ class _AxisLog(np.ndarray):
 
 
 _PERMS = {(2, 1, 0): ".T (or .transpose()) reverses all three axes, [B, N, C] -> [C, N, B]",
-          (1, 0, 2): "swapaxes(0, 1) swaps axes 0 and 1, the batch and the tokens, [B, N, C] -> [N, B, C]",
+          (1, 0, 2): ("swapaxes(0, 1) swaps axes 0 and 1 (as transpose(1, 0, 2) does), the batch and the tokens, "
+                      "[B, N, C] -> [N, B, C]"),
           (0, 2, 1): None,  # the right one: axes 1 and 2
           (2, 0, 1): "transpose(2, 0, 1) gives [C, B, N]", (1, 2, 0): "transpose(1, 2, 0) gives [N, C, B]"}
 
