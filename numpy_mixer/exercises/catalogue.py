@@ -379,7 +379,7 @@ Checked on x from -8 to 8.""",
                "NumPy upcasts.",
                "np.float32(0.5) * x * (1 + erf(x * np.float32(1 / math.sqrt(2))))"]),
     Exercise(
-        "linear", "3 token and channel mixing", "torch's Linear: x @ weight.T + bias",
+        "linear", "3 token and channel mixing", "torch's Linear, weights stored [out, in]",
         """\
 linear(x, weight, bias): torch.nn.Linear on the last axis: each output is a weighted sum of the inputs plus
 a bias, the same for every row.
