@@ -1,9 +1,10 @@
 """Regenerate the exercises' golden fixtures from timm and torch.
 
 Inputs are seeded (numpy_mixer/exercises/fixtures.py: build_inputs); every answer is computed by
-timm's own modules (numpy_mixer/exercises/reference.py); the full-size mixer_b16 block's weights
-are regenerated from a seed and only their SHA-256 is saved. Writes
-numpy_mixer/exercises/fixtures/{small,full_size}.safetensors (no pickle).
+timm's own modules (numpy_mixer/exercises/reference.py), the gradients by torch autograd in float64 and
+float32, the cost exercise's counts by timm (numel) and torch's FlopCounterMode; the full-size mixer_b16
+block's weights are regenerated from a seed and only their SHA-256 is saved. Writes
+numpy_mixer/exercises/fixtures/{small,full_size,backward}.safetensors (no pickle).
 Run: python tools/make_exercise_fixtures.py [output directory]
 """
 import os

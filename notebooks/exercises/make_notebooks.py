@@ -22,6 +22,13 @@ NOTEBOOKS = {  # file -> (title, exercises, what the later exercises may import)
         "4. The whole model", ["global_pool", "forward"],
         "from numpy_mixer.layers import layer_norm, linear, mixer_block, stem  # or paste yours from exercises 1-3"),
     "05_preprocessing.ipynb": ("5. Preprocessing: a photo to the model's input", ["preprocess"], None),
+    "06_cost.ipynb": ("6. Cost: parameters and multiply-adds", ["cost"], None),
+    "07_backward.ipynb": (
+        "7. Backward: the gradients, layer by layer",
+        ["linear_backward", "layer_norm_backward", "gelu_backward", "softmax_cross_entropy_backward",
+         "token_mixing_backward", "channel_mixing_backward", "mixer_block_backward", "global_pool_head_backward"],
+        "from numpy_mixer.layers import erf, gelu, layer_norm, linear, token_mixing  # the forward, "
+        "the package's own; or paste yours"),
 }
 
 INTRO = """\
@@ -33,8 +40,13 @@ inputs and compares it with timm's answer (saved in the package, so no torch is 
   mistakes (tanh GELU, LayerNorm eps or variance, a missing transpose or residual, ...), which one it looks like;
 - `not implemented yet`: the stub is still there.
 
+A backward exercise gets one such line per gradient (`dx`, `dweight`, ...), checked against torch autograd in
+float64 and float32.
+
 `show(name)` prints a statement again; with torch and timm installed, `check(name, fn, live=True)` also compares
-with timm run now. Stuck? Worked solutions are in `numpy_mixer/exercises/solutions.py`: try first."""
+with timm run now. Stuck? `hint(name)` gives the next hint each time you call it (1 the idea, 2 the shapes and
+axes, 3 the NumPy calls), `hint(name, 2)` a given one. Worked solutions are in
+`numpy_mixer/exercises/solutions.py`: try first."""
 
 
 def stub_source(name):
@@ -45,15 +57,18 @@ def stub_source(name):
 
 def notebook(title, names, imports):
     cells = [nbformat.v4.new_markdown_cell(f"# Exercises {title}\n\n{INTRO}")]
-    setup = "import numpy as np\n\nfrom numpy_mixer.exercises import check, show"
+    setup = "import numpy as np\n\nfrom numpy_mixer.exercises import check, hint, show"
     if imports:
         setup += "\n" + imports
     cells.append(nbformat.v4.new_code_cell(setup))
     for name in names:
         e = catalogue.BY_NAME[name]
-        cells.append(nbformat.v4.new_markdown_cell(f"## `{name}`: {e.summary}\n\n```text\n{e.statement}\n```"))
+        cells.append(nbformat.v4.new_markdown_cell(
+            f"## `{name}`: {e.summary}\n\n```text\n{e.statement}\n```\n\n"
+            f"Stuck? `hint({name!r})` prints the next hint ({len(e.hints)} in all)."))
         cells.append(nbformat.v4.new_code_cell(stub_source(name)))
-        cells.append(nbformat.v4.new_code_cell(f"check({name!r}, {name})"))
+        # the `;` keeps the notebook from echoing check's True/False under the verdict line
+        cells.append(nbformat.v4.new_code_cell(f"check({name!r}, {name});"))
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}

@@ -1,7 +1,9 @@
 """The golden fixtures: seeded inputs (NumPy only) and timm's outputs on them (saved, shipped).
 
 Keys are "<exercise>/<case>/<name>", e.g. "layer_norm/small/x", "token_mixing/b16/out"; nested
-weights keep timm's key names after the case ("token_mixing/small/mlp_tokens.fc1.weight").
+weights keep timm's key names after the case ("token_mixing/small/mlp_tokens.fc1.weight"). The backward
+exercises keep their weights under "p/" and one answer per gradient ("linear_backward/f64/p/weight",
+"linear_backward/f64/dweight"); the cost exercise one count per key ("cost/b16/params").
 The full-size mixer_b16 weights are not shipped: they are regenerated from a seed with
 numpy_mixer.checkpoint.random_state_dict (NumPy's PCG64), and their SHA-256 is stored in the
 fixture file's metadata so that a change in NumPy's random stream is caught, not silently used.
@@ -20,10 +22,13 @@ from ..weights import MixerConfig
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
 # two files, so that the small one can be remade without touching the large one (git keeps every version)
-FIXTURE_FILES = ("small.safetensors", "full_size.safetensors")  # full size: the mixer_b16 block, the photos
+FIXTURE_FILES = ("small.safetensors", "full_size.safetensors",  # full size: the mixer_b16 block, the photos
+                 "backward.safetensors")  # the backward exercises (float64 and float32) and the cost counts
 
 
 def _file_for(key):
+    if key.split("/", 1)[0].endswith("_backward") or key.startswith("cost/"):
+        return FIXTURE_FILES[2]
     return FIXTURE_FILES[1] if key.startswith("preprocess/") or "/b16/" in key else FIXTURE_FILES[0]
 
 # The full-size block: mixer_b16_224's stem and first block, seeded; no head (num_classes=0).
@@ -35,6 +40,11 @@ SMALL = MixerConfig(patch_size=4, img_size=16, in_chans=3, embed_dim=24, depth=1
                     num_classes=0)  # N = 16, C = 24
 SQUARE = MixerConfig(patch_size=4, img_size=16, in_chans=3, embed_dim=16, depth=1, tokens_dim=8, channels_dim=64,
                      num_classes=0)  # N = C = 16
+# the backward exercises' blocks: a narrower channel MLP (H = 2C) keeps the float64 and float32 fixtures small
+BACKWARD_SMALL = MixerConfig(patch_size=4, img_size=16, in_chans=3, embed_dim=24, depth=1, tokens_dim=12,
+                             channels_dim=48, num_classes=0)  # N = 16, C = 24
+BACKWARD_SQUARE = MixerConfig(patch_size=4, img_size=16, in_chans=3, embed_dim=16, depth=1, tokens_dim=8,
+                              channels_dim=32, num_classes=0)  # N = C = 16
 TINY_MODEL = MixerConfig(patch_size=8, img_size=32, in_chans=3, embed_dim=32, depth=2, tokens_dim=16, channels_dim=128,
                          num_classes=10)  # the whole-model exercise: N = 16, C = 32, K = 10
 
@@ -123,7 +133,72 @@ def build_inputs():
 
     r = rng(10)
     inputs["preprocess/landscape/img"] = _picture(r, 180, 240)  # upsampled: shorter side 180 -> 256
-    inputs["preprocess/portrait/img"] = _picture(r, 320, 270)  # downsampled: shorter side 270 -> 256
+    inputs["preprocess/portrait/img"] = _picture(r, 312, 270)  # downsampled; long side 295.82, crop offset 35.5
+    inputs.update(build_backward_inputs())
+    return inputs
+
+
+def build_backward_inputs():
+    """The backward exercises' inputs: dout, x and weights, each case in float64 ("f64") and float32 ("f32"),
+    plus float32 "square" cases (N = C, or in = out) where transposing the wrong way runs."""
+    inputs = {}
+
+    def rng(seed):
+        return np.random.default_rng([2105_01601, 100 + seed])
+
+    def put(exercise, case, dtype, arrays, params=None):
+        for k, v in arrays.items():
+            inputs[f"{exercise}/{case}/{k}"] = v.astype(dtype) if v.dtype.kind == "f" else v
+        inputs.update({k: v.astype(dtype) for k, v in _flat(f"{exercise}/{case}/p", params or {}).items()})
+
+    seeds = iter(range(1, 100))
+
+    def both(exercise, make, square=None):
+        """The same numbers in float64 and in float32; the square case from its own seed."""
+        seed = next(seeds)
+        for case, dtype in [("f64", np.float64), ("f32", np.float32)]:
+            put(exercise, case, dtype, *make(rng(seed)))
+        if square:
+            put(exercise, "square", np.float32, *square(rng(50 + seed)))
+
+    def linear_case(out_dim):
+        def make(r):
+            bound = np.sqrt(3 / 24)
+            weight = r.uniform(-bound, bound, (out_dim, 24))
+            return ({"x": r.standard_normal((2, 5, 24)), "dout": r.standard_normal((2, 5, out_dim))},
+                    {"weight": weight, "bias": 0.1 * r.standard_normal(out_dim)})
+        return make
+    both("linear_backward", linear_case(16), square=linear_case(24))
+
+    def layer_norm_case(r):
+        scale = np.array([1.0, 0.5, 2.0, 0.1])[np.arange(16) % 4][None, :, None]
+        return ({"x": r.standard_normal((2, 16, 24)) * scale + 0.3, "dout": r.standard_normal((2, 16, 24))},
+                {"weight": 1 + 0.2 * r.standard_normal(24), "bias": 0.1 * r.standard_normal(24)})
+    both("layer_norm_backward", layer_norm_case)
+
+    both("gelu_backward", lambda r: ({"x": np.concatenate([np.linspace(-6, 6, 601), 2 * r.standard_normal(199)])
+                                      .reshape(8, 100), "dout": r.standard_normal((8, 100))}, None))
+    both("softmax_cross_entropy_backward",
+         lambda r: ({"logits": 2 * r.standard_normal((4, 10)), "labels": np.array([3, 0, 9, 3], np.int64)}, None))
+
+    def block_case(cfg, keys, seed):
+        def make(r):
+            block = nest(random_state_dict(cfg, seed=seed, dtype=np.float64))["blocks"][0]
+            N, C = cfg.num_patches, cfg.embed_dim
+            return ({"x": r.standard_normal((2, N, C)), "dout": r.standard_normal((2, N, C))},
+                    {k: block[k] for k in keys})
+        return make
+    tm, cm = ("norm1", "mlp_tokens"), ("norm2", "mlp_channels")
+    small, square = BACKWARD_SMALL, BACKWARD_SQUARE
+    both("token_mixing_backward", block_case(small, tm, 181), square=block_case(square, tm, 182))
+    both("channel_mixing_backward", block_case(small, cm, 183))
+    both("mixer_block_backward", block_case(small, tm + cm, 184), square=block_case(square, tm + cm, 185))
+
+    def head_case(r):
+        return ({"x": r.standard_normal((2, 16, 24)) + r.standard_normal((1, 1, 24)),
+                 "dout": r.standard_normal((2, 10))},
+                {"weight": r.uniform(-0.35, 0.35, (10, 24)), "bias": 0.1 * r.standard_normal(10)})
+    both("global_pool_head_backward", head_case)
     return inputs
 
 
@@ -205,7 +280,12 @@ def build_fixtures():
     for exercise in catalogue.BUILD_ORDER:
         torch_fn = getattr(reference, exercise.name)
         for case in exercise.cases:
-            store.arrays[case.out] = np.ascontiguousarray(torch_fn(*case.args(store)))
+            answer = torch_fn(*case.args(store))
+            if exercise.named:  # one array per named output: "<exercise>/<case>/<output>"
+                for name, value in exercise.split(answer).items():
+                    store.arrays[f"{case.out}/{name}"] = np.array(value, order="C")  # a count stays 0-d
+            else:
+                store.arrays[case.out] = np.ascontiguousarray(answer)
     metadata = {"b16_weights_sha256": _digest(_b16_weights()), "b16_seed": str(B16_SEED),
                 "timm": timm.__version__, "torch": torch.__version__, "numpy": np.__version__,
                 "made_by": "tools/make_exercise_fixtures.py"}
@@ -218,7 +298,7 @@ def save(arrays, metadata, directory=FIXTURE_DIR):
     os.makedirs(directory, exist_ok=True)
     paths = []
     for name in FIXTURE_FILES:
-        part = {k: np.ascontiguousarray(v) for k, v in sorted(arrays.items()) if _file_for(k) == name}
+        part = {k: np.array(v, order="C") for k, v in sorted(arrays.items()) if _file_for(k) == name}  # 0-d stays 0-d
         paths.append(os.path.join(directory, name))
         save_file(part, paths[-1], metadata=metadata)
     return paths

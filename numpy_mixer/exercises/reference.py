@@ -181,3 +181,114 @@ def preprocess(img):
     """timm's eval transform (Resize 256 bicubic, CenterCrop 224, ToTensor, Normalize 0.5) on a PIL image."""
     from PIL import Image
     return _numpy(eval_transform()(Image.fromarray(img)))
+
+
+# --- backward: torch autograd on timm's modules, in the inputs' dtype (float64 or float32) ----------------
+
+def _load_as(module, params, dtype):
+    """A timm/torch module in `dtype` (float64 for the tight gradient checks), loaded strictly."""
+    torch = _torch()
+    return _load(module.to({np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[dtype]), params)
+
+
+def _grads_of(module):
+    """{name: grad} of a module's parameters, nested as timm's keys."""
+    from ..model import nest
+    return nest({k: _numpy(p.grad) for k, p in module.named_parameters()})
+
+
+def _autograd(run, x, dout):
+    """x as a leaf that wants its gradient; run(t) -> output; backward with dout. -> dx"""
+    t = _tensor(x).requires_grad_(True)
+    run(t).backward(_tensor(dout))
+    return _numpy(t.grad)
+
+
+def linear_backward(dout, x, weight, bias):
+    module = _load_as(_torch().nn.Linear(weight.shape[1], weight.shape[0]), {"weight": weight, "bias": bias}, x.dtype)
+    dx = _autograd(module, x, dout)
+    return dx, _grads_of(module)
+
+
+def layer_norm_backward(dout, x, weight, bias, eps=1e-6):
+    norm_layer, _ = _mixer_defaults()
+    module = _load_as(norm_layer(x.shape[-1]), {"weight": weight, "bias": bias}, x.dtype)
+    dx = _autograd(module, x, dout)
+    return dx, _grads_of(module)
+
+
+def gelu_backward(dout, x):
+    _, act_layer = _mixer_defaults()
+    return _autograd(act_layer(), x, dout)
+
+
+def softmax_cross_entropy_backward(logits, labels):
+    """The gradient of torch.nn.functional.cross_entropy (mean over the batch) for the logits."""
+    torch = _torch()
+    t = _tensor(logits).requires_grad_(True)
+    torch.nn.functional.cross_entropy(t, _tensor(labels)).backward()
+    return _numpy(t.grad)
+
+
+def token_mixing_backward(dout, x, norm1, mlp_tokens):
+    block = _block_for(x, mlp_tokens=mlp_tokens).to(_tensor(x).dtype)
+    _load(block.norm1, norm1), _load(block.mlp_tokens, mlp_tokens)
+    dx = _autograd(lambda t: t + block.mlp_tokens(block.norm1(t).transpose(1, 2)).transpose(1, 2), x, dout)
+    return dx, {"norm1": _grads_of(block.norm1), "mlp_tokens": _grads_of(block.mlp_tokens)}
+
+
+def channel_mixing_backward(dout, x, norm2, mlp_channels):
+    block = _block_for(x, mlp_channels=mlp_channels).to(_tensor(x).dtype)
+    _load(block.norm2, norm2), _load(block.mlp_channels, mlp_channels)
+    dx = _autograd(lambda t: t + block.mlp_channels(block.norm2(t)), x, dout)
+    return dx, {"norm2": _grads_of(block.norm2), "mlp_channels": _grads_of(block.mlp_channels)}
+
+
+def mixer_block_backward(dout, x, norm1, mlp_tokens, norm2, mlp_channels):
+    block = _block_for(x, mlp_tokens, mlp_channels)
+    _load_as(block, dict(norm1=norm1, mlp_tokens=mlp_tokens, norm2=norm2, mlp_channels=mlp_channels), x.dtype)
+    dx = _autograd(block, x, dout)
+    return dx, _grads_of(block)
+
+
+def global_pool_head_backward(dout, x, weight, bias):
+    """timm's MlpMixer.forward_head (global_pool='avg', then the head), backward."""
+    from timm.models.mlp_mixer import MlpMixer
+    B, N, C = x.shape
+    G = int(round(N ** 0.5))
+    model = MlpMixer(num_classes=weight.shape[0], img_size=G, patch_size=1, num_blocks=1, embed_dim=C)
+    head = _load_as(model.head, {"weight": weight, "bias": bias}, x.dtype)
+    dx = _autograd(model.forward_head, x, dout)
+    return dx, _grads_of(head)
+
+
+# --- cost: parameters and multiply-adds, counted on timm's own model -------------------------------------
+
+def cost(config):
+    """Parameters (timm's numel) and multiply-adds (torch's FlopCounterMode / 2: the matmuls and the conv) of one
+    MixerBlock and of the whole MlpMixer for a config dict (img_size, patch_size, in_chans, embed_dim, depth,
+    tokens_dim, channels_dim, num_classes), for one image."""
+    torch = _torch()
+    from timm.models.mlp_mixer import MlpMixer
+    from torch.utils.flop_counter import FlopCounterMode
+    c = config
+    C = c["embed_dim"]
+    model = MlpMixer(num_classes=c["num_classes"], img_size=c["img_size"], in_chans=c["in_chans"],
+                     patch_size=c["patch_size"], num_blocks=c["depth"], embed_dim=C,
+                     mlp_ratio=(c["tokens_dim"] / C, c["channels_dim"] / C)).eval()
+    block = model.blocks[0]
+    assert block.mlp_tokens.fc1.out_features == c["tokens_dim"], "tokens_dim is not a whole ratio of embed_dim"
+    N = (c["img_size"] // c["patch_size"]) ** 2
+
+    def macs(module, x):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x)
+        flops = counter.get_total_flops()
+        assert flops % 2 == 0
+        return flops // 2
+
+    image = torch.zeros(1, c["in_chans"], c["img_size"], c["img_size"])
+    return {"block_params": sum(p.numel() for p in block.parameters()),
+            "block_macs": macs(block, torch.zeros(1, N, C)),
+            "params": sum(p.numel() for p in model.parameters()),
+            "macs": macs(model, image)}
