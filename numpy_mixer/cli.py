@@ -206,7 +206,7 @@ def run_predict(args):
         progress = {"on": True, "off": False}.get(args.progress,
                                                    sys.stderr.isatty() and len(todo) > PROGRESS_MIN_IMAGES)
         model = load_model(args.weights or args.model or DEFAULT_MODEL)
-        if args.top_k > model.num_classes:
+        if 0 < model.num_classes < args.top_k:
             say("note", f"--top-k {args.top_k} is more than the model's {model.num_classes} classes: "
                         f"showing all {model.num_classes}")
         for image, result in classify_each(todo, args.top_k, model, args.batch_size, progress):
