@@ -27,8 +27,13 @@ RANDOM_WARNING = ("RANDOM WEIGHTS: predictions from this checkpoint mean nothing
                   "offline (made by numpy-mixer random-checkpoint)")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # an argument with a newline in it must not split the error line
+        super().error(one_line(message))
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog=PROG, description="MLP-Mixer image classification in pure NumPy.")
+    parser = _Parser(prog=PROG, description="MLP-Mixer image classification in pure NumPy.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -67,6 +72,17 @@ class OutputError(Exception):
     """stdout could not be written (a full disk, a closed pipe ...): not the input's fault."""
 
 
+# control characters (a newline in a file name ...) as escapes: an error stays on one line, a name on its own
+_CONTROLS = {c: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(c), f"\\x{c:02x}")
+             for c in [*range(0x20), *range(0x7f, 0xa0)]}
+_CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text):
+    """text with its control characters and line separators escaped."""
+    return text.translate(_CONTROLS)
+
+
 def printable(text, stream):
     """text as stream can encode it: the undecodable bytes of a file name (surrogates) as \\xNN,
     characters the encoding lacks as \\uNNNN; never a UnicodeEncodeError."""
@@ -94,7 +110,7 @@ def emit(text):
 def say(kind, message):
     """`numpy-mixer: <kind>: <message>` on stderr (kind: error or note)."""
     try:
-        print(printable(f"{PROG}: {kind}: {message}", sys.stderr), file=sys.stderr, flush=True)
+        print(printable(one_line(f"{PROG}: {kind}: {message}"), sys.stderr), file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr is gone: nowhere left to say it
         pass
 
@@ -216,7 +232,7 @@ def run_predict(args):
                 emit(json.dumps({"image": image, "predictions": [
                     {"label": label, "probability": prob, "class_index": index} for index, label, prob in result]}))
             else:
-                emit("\n".join([image] + [f"  {prob:7.2%}  {label}" for _, label, prob in result]))
+                emit("\n".join([one_line(image)] + [f"  {prob:7.2%}  {one_line(label)}" for _, label, prob in result]))
     if failed and len(items) > 1:
         say("error", f"{failed} of {len(items)} images could not be classified (see above)")
     return 1 if failed else 0

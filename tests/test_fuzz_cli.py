@@ -144,6 +144,8 @@ TABLE = [
       "--batch-size", "4"], 0, None),
     (["predict", "missing", "--model", "digits"], 1, "missing.jpg: no such file"),
     (["predict", "", "--model", "digits"], 1, "no such file"),
+    (["predict", "new\nline\x1b[2J.jpg", "--model", "digits"], 1, "new\\nline\\x1b[2J.jpg: no such file"),  # found by hypothesis
+    (["predict", "cat.jpg", "--model", "digits", "--bad\nflag"], 2, "unrecognized arguments: --bad\\nflag"),
     (["predict", "text.jpg", "--model", "digits"], 1, "text.jpg: not an image"),
     (["predict", "empty.jpg", "--model", "digits"], 1, "empty.jpg"),
     (["predict", "truncated.png", "--model", "digits"], 1, "truncated.png"),
