@@ -411,3 +411,29 @@ def test_threadpoolctl_is_a_run_time_dependency_and_one_worker_is_the_fallback(m
     monkeypatch.setattr(fast, "_blas", lambda: None)  # threadpoolctl missing altogether
     assert fast.num_workers() == 1
     np.testing.assert_allclose(model(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def readme_commands():
+    """The two commands of the README's "Set up", in order."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        setup = f.read().split("## Set up", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0].strip() for block in setup.split("```bash\n")[1:]]
+    with open(os.path.join(root, ".ci", "run"), encoding="utf-8") as f:
+        return blocks, f.read().splitlines()
+
+
+def test_readme_set_up_commands():
+    (install_and_classify, install_and_test), ci = readme_commands()
+    assert install_and_test in ci  # CI runs the README's test command, word for word
+    assert "torch==" in install_and_test.split("&&")[0]  # the pin comes first
+    install, classify = install_and_classify.split(" && ")
+    assert install == "pip install ." and classify.startswith("numpy-mixer predict ")
+    args = classify.split()[1:]  # predict IMAGE --model digits
+    root = os.path.join(os.path.dirname(__file__), "..")
+    if not os.path.isdir(os.path.join(root, "numpy_mixer", "data", "samples")):
+        pytest.fail("numpy_mixer/data/samples/ is missing: the README's first command cannot run")
+    result = subprocess.run([sys.executable, "-m", "numpy_mixer", *args], capture_output=True, text=True, timeout=120,
+                            cwd=root, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines()[0] == args[1]
