@@ -79,7 +79,10 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
     reaches N/N before the last result is handed out.
     """
     images = list(images)
-    top_k, batch_size, model = _check_arguments(top_k, batch_size, model)
+    top_k, batch_size = _check_numbers(top_k, batch_size)
+    if not images:  # nothing to do: no model to load (the default one is a download)
+        return
+    model = _check_model(model)
     names = class_names(model)
     k = min(top_k, model.num_classes)
     bar = None
@@ -129,12 +132,15 @@ def _name(img):
     return f"a {type(img).__name__}"
 
 
-def _check_arguments(top_k, batch_size, model):
-    """Validated (top_k, batch_size, model): a model given by name or path is loaded here."""
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise MixerError(f"top_k must be a positive integer, got {top_k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
+def _check_numbers(top_k, batch_size):
+    for name, value in [("top_k", top_k), ("batch_size", batch_size)]:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise MixerError(f"{name} must be a positive integer, got {value!r}")
+    return int(top_k), int(batch_size)
+
+
+def _check_model(model):
+    """An MlpMixer with a head: one given by name or path is loaded here."""
     if model is None:
         model = default_model()
     elif isinstance(model, (str, os.PathLike)):
@@ -145,7 +151,7 @@ def _check_arguments(top_k, batch_size, model):
     if model.num_classes == 0:
         raise MixerError(f"{model.pretrained_cfg['name']}: this model has no classifier head (num_classes=0); "
                          "use model.forward_features or model(x) for embeddings")
-    return int(top_k), int(batch_size), model
+    return model
 
 
 def _load_by_name(name_or_path):

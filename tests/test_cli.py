@@ -437,3 +437,11 @@ def test_readme_set_up_commands():
                             cwd=root, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.splitlines()[0] == args[1]
+
+
+def test_predict_of_no_images_loads_no_model(monkeypatch):
+    predict_module = sys.modules["numpy_mixer.predict"]  # the attribute numpy_mixer.predict is the function
+    monkeypatch.setattr(predict_module, "default_model", lambda: pytest.fail("loaded the default model"))
+    assert predict([]) == []
+    with pytest.raises(MixerError, match="top_k"):
+        predict([], top_k=-1)
