@@ -107,6 +107,29 @@ def emit(text):
         raise OutputError(e) from None
 
 
+def stop_when_the_reader_goes():
+    """When stdout is a pipe, exit as soon as its reader closes it (`| head -1` has what it wants),
+    not after the next batch, which may take seconds: a thread waits for the pipe's error event."""
+    import select
+    import threading
+
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(select, "poll"):
+            return
+    except (OSError, ValueError, AttributeError):  # captured (a test) or closed: nothing to watch
+        return
+
+    def wait():
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked for: poll returns on POLLERR / POLLHUP only
+        while True:
+            if any(event & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, event in poller.poll()):
+                os._exit(0)  # quietly, as on a broken pipe (main); nothing is left to write to
+
+    threading.Thread(target=wait, daemon=True, name="numpy-mixer-stdout").start()
+
+
 def say(kind, message):
     """`numpy-mixer: <kind>: <message>` on stderr (kind: error or note)."""
     try:
@@ -264,6 +287,9 @@ def run_random_checkpoint(args):
     os.close(fd)
     try:  # write, then rename: a full disk or ^C never leaves half a checkpoint under the name
         save_checkpoint(state, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes it private)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -303,6 +329,7 @@ def main(argv=None):
 
     try:
         if args.command == "predict":
+            stop_when_the_reader_goes()
             return run_predict(args)
         if args.command == "random-checkpoint":
             return run_random_checkpoint(args)

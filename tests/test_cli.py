@@ -167,17 +167,25 @@ def test_folder_and_list_runs_classify_every_readable_image(tmp_path, photos, we
 
 
 def test_json_lines_stream_one_object_at_a_time_and_head_stops_quietly(photos, weights):
-    images = [photos[0]] * 60
+    import time
+
+    images = [photos[0]] * 32  # two batches of 16
+    start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "numpy_mixer", "predict", *map(str, images), "--weights",
-                             str(weights), "--json", "--batch-size", "1"], stdout=subprocess.PIPE,
+                             str(weights), "--json", "--batch-size", "16"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    first = json.loads(proc.stdout.readline())  # arrives after the first image, not after all 60
+    first = [json.loads(proc.stdout.readline()) for _ in range(16)]  # the first batch: before the second is done
+    first_batch_s = time.monotonic() - start
     still_running = proc.poll() is None
-    proc.stdout.close()  # as `| head -1` does
+    proc.stdout.close()  # as `| head -16` does
+    closed = time.monotonic()
     _, stderr = proc.communicate(timeout=300)
-    assert first["image"] == str(photos[0]) and len(first["predictions"]) == 5
-    assert still_running, "the first result came only when every image was done"
+    exit_s = time.monotonic() - closed
+    assert all(entry["image"] == str(photos[0]) and len(entry["predictions"]) == 5 for entry in first)
+    assert still_running, "the first results came only when every image was done"
     assert proc.returncode == 0 and stderr == "", stderr  # a closed pipe is not an error
+    # it stops when the reader goes, not after the second batch (about as long as the first, startup aside)
+    assert exit_s < max(0.3, first_batch_s / 4), (exit_s, first_batch_s)
 
 
 def test_non_finite_logits_are_an_error_never_a_nan_probability(tmp_path, photos):
