@@ -69,7 +69,7 @@ def build_parser():
 # --- writing: one flushed line at a time, any file name printable --------------------------------------
 
 class OutputError(Exception):
-    """stdout could not be written (a full disk, a closed pipe ...): not the input's fault."""
+    """stdout could not be written (a full disk, a closed stdout ...): not the input's fault."""
 
 
 # control characters (a newline in a file name ...) as escapes: an error stays on one line, a name on its own
