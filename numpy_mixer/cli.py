@@ -1,99 +1,353 @@
-"""The numpy-mixer command: numpy-mixer predict IMAGE|FOLDER [...] [--model NAME | --weights FILE] [--batch-size B]."""
+"""The numpy-mixer command.
+
+    numpy-mixer predict IMAGE|FOLDER|URL [...] [--model NAME | --weights FILE] [--top-k K] [--json] [--batch-size B]
+    numpy-mixer random-checkpoint ARCH OUT.safetensors [--num-classes N] [--seed S]
+    numpy-mixer --version
+
+One boundary for errors: main() turns every expected failure (a MixerError, an OSError, Pillow's
+errors, a failed write to stdout) into one line on stderr, `numpy-mixer: error: <file>: <what> - <what
+to do>`, and exit status 1 (2 for a bad command line, from argparse). An unexpected exception keeps its
+traceback: hiding a bug is worse than showing it. A run over many images classifies every image it can
+read, reports each one it cannot on its own line, and exits 1 at the end if any failed.
+"""
 import argparse
 import json
 import os
+import stat
 import sys
 
+from . import __version__
 from .errors import MixerError
-from .weights import DEFAULT_MODEL
+from .fetch import is_url
+from .weights import ARCHITECTURES, DEFAULT_MODEL
+
+PROG = "numpy-mixer"
+PROGRESS_MIN_IMAGES = 32  # below this a run takes seconds: no bar
+RANDOM_WARNING = ("RANDOM WEIGHTS: predictions from this checkpoint mean nothing; it only lets the code run "
+                  "offline (made by numpy-mixer random-checkpoint)")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # an argument with a newline in it must not split the error line
+        super().error(one_line(message))
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="numpy-mixer",
-                                     description="MLP-Mixer image classification in pure NumPy.")
+    parser = _Parser(prog=PROG, description="MLP-Mixer image classification in pure NumPy.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("predict", help="top-k classes (ImageNet, or digits) of images")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image inside, sorted)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (every image inside, sorted) or http(s) URLs")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", default=None,
                         help=f"timm model name, fetched from the Hugging Face hub or its cache (default {DEFAULT_MODEL}), "
                              "or 'digits', the small model shipped in the package (no download)")
     source.add_argument("--weights", metavar="FILE", help="a local .safetensors checkpoint with timm's keys")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines: one object per image, printed as soon as it is classified")
     p.add_argument("--batch-size", type=int, default=16, metavar="B",
                    help="images per forward pass (default 16); threads follow OMP_NUM_THREADS")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr: auto = when stderr is a terminal and there are over "
                         f"{PROGRESS_MIN_IMAGES} images (default auto)")
+
+    r = sub.add_parser("random-checkpoint", help="write a random-weight checkpoint (offline; predictions mean nothing)",
+                       description="Write a seeded random-weight checkpoint of a Mixer architecture, with timm's "
+                                   "keys, to try the tools offline. Its predictions mean nothing.")
+    r.add_argument("arch", choices=list(ARCHITECTURES), metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)}")
+    r.add_argument("output", metavar="OUT", help="the .safetensors file to write")
+    r.add_argument("--num-classes", type=int, default=1000, metavar="N",
+                   help="classes of the head (default 1000, ImageNet-1k labels; 0: no head)")
+    r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    r.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser
 
 
-PROGRESS_MIN_IMAGES = 32  # below this a run takes seconds: no bar
+# --- writing: one flushed line at a time, any file name printable --------------------------------------
+
+class OutputError(Exception):
+    """stdout could not be written (a full disk, a closed stdout ...): not the input's fault."""
 
 
-def image_files(paths):
-    """The given paths, each folder replaced by the image files inside it (not recursive), sorted."""
+# control characters (a newline in a file name ...) as escapes: an error stays on one line, a name on its own
+_CONTROLS = {c: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(c), f"\\x{c:02x}")
+             for c in [*range(0x20), *range(0x7f, 0xa0)]}
+_CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text):
+    """text with its control characters and line separators escaped."""
+    return text.translate(_CONTROLS)
+
+
+def printable(text, stream):
+    """text as stream can encode it: the undecodable bytes of a file name (surrogates) as \\xNN,
+    characters the encoding lacks as \\uNNNN; never a UnicodeEncodeError."""
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    encoding = getattr(stream, "encoding", None)
+    if encoding:
+        text = text.encode(encoding, "backslashreplace").decode(encoding)
+    return text
+
+
+def emit(text):
+    """One line (or block) to stdout, flushed now, so a reader sees each result as it comes."""
+    try:
+        sys.stdout.write(printable(text, sys.stdout) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: stdout closed
+        raise OutputError(e) from None
+
+
+def stop_when_the_reader_goes():
+    """When stdout is a pipe, exit as soon as its reader closes it (`| head -1` has what it wants),
+    not after the next batch, which may take seconds: a thread waits for the pipe's error event."""
+    import select
+    import threading
+
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(select, "poll"):
+            return
+    except (OSError, ValueError, AttributeError):  # captured (a test) or closed: nothing to watch
+        return
+
+    def wait():
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked for: poll returns on POLLERR / POLLHUP only
+        while True:
+            if any(event & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, event in poller.poll()):
+                os._exit(0)  # quietly, as on a broken pipe (main); nothing is left to write to
+
+    threading.Thread(target=wait, daemon=True, name="numpy-mixer-stdout").start()
+
+
+def say(kind, message):
+    """`numpy-mixer: <kind>: <message>` on stderr (kind: error or note)."""
+    try:
+        print(printable(one_line(f"{PROG}: {kind}: {message}"), sys.stderr), file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr is gone: nowhere left to say it
+        pass
+
+
+# --- predict ---------------------------------------------------------------------------------------
+
+def _kind(mode):
+    for test, name in [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")]:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def image_extensions():
     from PIL import Image
 
     Image.init()
-    extensions = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    files = []
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def image_files(paths):
+    """[(image, None) to classify, or (path, MixerError) that cannot be]: folders replaced by the image
+    files directly inside them, sorted; URLs kept as they are. Only regular files are ever opened (a
+    FIFO would block forever), and macOS's AppleDouble companions (._name.jpg) are left out of folders."""
+    extensions = None
+    items = []
     for path in paths:
-        if os.path.isdir(path):
-            inside = sorted(os.path.join(path, name) for name in os.listdir(path)
-                            if os.path.splitext(name)[1].lower() in extensions
-                            and os.path.isfile(os.path.join(path, name)))
+        if is_url(path):
+            items.append((path, None))
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            items.append((path, MixerError(f"{path}: no such file - check the path")))
+            continue
+        except (OSError, ValueError) as e:  # permission, a symlink loop, a NUL in the name ...
+            reason = getattr(e, "strerror", None) or str(e)
+            items.append((path, MixerError(f"{path}: cannot open ({reason}) - check the path and its permissions")))
+            continue
+        if stat.S_ISREG(mode):
+            items.append((path, None))
+        elif stat.S_ISDIR(mode):
+            extensions = extensions or image_extensions()
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as e:
+                items.append((path, MixerError(f"{path}: cannot list the folder ({e.strerror}) - check its permissions")))
+                continue
+            inside = [os.path.join(path, name) for name in names
+                      if os.path.splitext(name)[1].lower() in extensions and not name.startswith("._")
+                      and _is_regular(os.path.join(path, name))]
             if not inside:
-                raise MixerError(f"{path}: folder has no image files (looked for {', '.join(sorted(extensions)[:6])}, ...)")
-            files.extend(inside)
-        elif not os.path.exists(path):  # before the model loads (a typo should not wait for a download)
-            raise MixerError(f"{path}: no such file")
+                items.append((path, MixerError(f"{path}: folder has no image files (looked for "
+                                               f"{', '.join(sorted(extensions)[:6])}, ...) - pass image files")))
+            items.extend((image, None) for image in inside)
         else:
-            files.append(path)
-    return files
+            items.append((path, MixerError(f"{path}: {_kind(mode)}, not an image file - pass an image file")))
+    return items
+
+
+def _is_regular(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def check_weights_file(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MixerError(f"{path}: no such file (--weights takes a local .safetensors file; "
+                         "use --model for a name)") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise MixerError(f"{path}: cannot open ({reason}) - check the path and its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise MixerError(f"{path}: is a directory - --weights takes a .safetensors file")
+    if not stat.S_ISREG(mode):
+        raise MixerError(f"{path}: {_kind(mode)}, not a file - --weights takes a .safetensors file")
 
 
 def run_predict(args):
     from .model import load_model
-    from .predict import iter_predict
+    from .predict import classify_each
 
     if args.top_k < 1:
         raise MixerError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.weights and not os.path.isfile(args.weights):
-        raise MixerError(f"{args.weights}: no such file (--weights takes a local .safetensors file; "
-                         "use --model for a name)")
-    images = image_files(args.images)
-    progress = {"on": True, "off": False}.get(args.progress,
-                                               sys.stderr.isatty() and len(images) > PROGRESS_MIN_IMAGES)
-    model = load_model(args.weights or args.model or DEFAULT_MODEL)
-    results = iter_predict(images, top_k=args.top_k, model=model, batch_size=args.batch_size, progress=progress)
-    if args.json:
-        print(json.dumps([{"image": image, "predictions": [{"label": label, "probability": prob}
-                                                            for label, prob in top]}
-                          for image, top in zip(images, results)], indent=2))
-        return
-    for image, top in zip(images, results):
-        lines = [image] + [f"  {prob:7.2%}  {label}" for label, prob in top]
-        print("\n".join(lines), flush=progress)
+    if args.weights:
+        check_weights_file(args.weights)
+    items = image_files(args.images)
+    failed = 0
+
+    def report(image, error):
+        nonlocal failed
+        failed += 1
+        say("error", str(error))
+        if args.json:
+            emit(json.dumps({"image": image, "error": str(error)}))
+
+    for image, error in items:  # before the model loads: a typo should not wait for a download
+        if error is not None:
+            report(image, error)
+    todo = [image for image, error in items if error is None]
+    if todo:
+        progress = {"on": True, "off": False}.get(args.progress,
+                                                   sys.stderr.isatty() and len(todo) > PROGRESS_MIN_IMAGES)
+        model = load_model(args.weights or args.model or DEFAULT_MODEL)
+        if 0 < model.num_classes < args.top_k:
+            say("note", f"--top-k {args.top_k} is more than the model's {model.num_classes} classes: "
+                        f"showing all {model.num_classes}")
+        for image, result in classify_each(todo, args.top_k, model, args.batch_size, progress):
+            if isinstance(result, MixerError):
+                report(image, result)
+            elif args.json:
+                emit(json.dumps({"image": image, "predictions": [
+                    {"label": label, "probability": prob, "class_index": index} for index, label, prob in result]}))
+            else:
+                emit("\n".join([one_line(image)] + [f"  {prob:7.2%}  {one_line(label)}" for _, label, prob in result]))
+    if failed and len(items) > 1:
+        say("error", f"{failed} of {len(items)} images could not be classified (see above)")
+    return 1 if failed else 0
+
+
+# --- random-checkpoint -------------------------------------------------------------------------------
+
+def run_random_checkpoint(args):
+    import tempfile
+
+    from .checkpoint import config_for, random_state_dict, save_checkpoint
+    from .demo import _RANDOM_MARK
+
+    out = args.output
+    if args.num_classes < 0:
+        raise MixerError(f"--num-classes must be 0 (no head) or more, got {args.num_classes}")
+    if args.seed < 0:
+        raise MixerError(f"--seed must be 0 or more, got {args.seed}")
+    if os.path.lexists(out) and not args.force:
+        raise MixerError(f"{out}: already exists - choose another name, or pass --force to replace it")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise MixerError(f"{out}: the folder {folder} does not exist - create it first")
+    config = config_for(args.arch, num_classes=args.num_classes)
+    state = random_state_dict(config, seed=args.seed)
+    metadata = {"format": "pt", "source": _RANDOM_MARK, "warning": RANDOM_WARNING, "arch": args.arch,
+                "num_classes": str(args.num_classes), "seed": str(args.seed)}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".numpy-mixer-", suffix=".tmp")
+    os.close(fd)
+    try:  # write, then rename: a full disk or ^C never leaves half a checkpoint under the name
+        save_checkpoint(state, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes it private)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    params = sum(v.size for v in state.values())
+    say("note", f"wrote {out}: {args.arch}, {args.num_classes} classes, {params:,} parameters, seed {args.seed}. "
+                f"{RANDOM_WARNING}.")
+    return 0
+
+
+# --- the boundary ----------------------------------------------------------------------------------
+
+def _one_line(e):
+    """The user-facing line for an expected failure that is not a MixerError."""
+    from PIL import Image
+
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror or e} - check the file, its permissions and the free disk space"
+    if isinstance(e, Image.DecompressionBombError):
+        return f"{e} - the image is too large to classify"
+    return str(e)
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (captured in a test)
+        pass
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a bad command line: usage and exit 2
+    from PIL import Image
+
     try:
         if args.command == "predict":
-            run_predict(args)
+            stop_when_the_reader_goes()
+            return run_predict(args)
+        if args.command == "random-checkpoint":
+            return run_random_checkpoint(args)
     except MixerError as e:
-        print(f"numpy-mixer: error: {e}", file=sys.stderr)
-        return 1
+        say("error", str(e))
+    except BrokenPipeError:  # e.g. piped into head, which has all it wants: stop quietly
+        _silence_stdout()
+        return 0
+    except OutputError as e:
+        _silence_stdout()
+        reason = e.args[0]
+        say("error", f"<stdout>: cannot write the output ({getattr(reason, 'strerror', None) or reason}) - "
+                     "free some disk space, or write it elsewhere")
+    except (OSError, Image.DecompressionBombError) as e:
+        say("error", _one_line(e))
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # e.g. piped into head: stop quietly
-        sys.stderr.close()
-        return 0
-    return 0
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Images in, top-k (label, probability) out."""
 
+import numbers
+import os
 import sys
 
 import numpy as np
+from PIL import Image
 
 from .errors import MixerError
 from .labels import load_labels
-from .model import load_model
+from .model import MlpMixer, load_model
 from .weights import DEFAULT_MODEL
 
 _DEFAULT = {}
@@ -42,8 +45,9 @@ DEFAULT_BATCH_SIZE = 16
 def predict(img, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=False):
     """Top-k [(label, probability), ...] for one image; a list of such lists for a list of images.
 
-    img: a path, a PIL image or an HWC uint8 array (or a list of these);
-    model: an MlpMixer from load_model (default: mixer_b16_224.goog_in21k_ft_in1k);
+    img: a path, an http(s) URL, a PIL image or an HWC uint8 array (or a list of these);
+    model: an MlpMixer from load_model, a timm name, "digits" or a .safetensors path
+           (default: mixer_b16_224.goog_in21k_ft_in1k);
     batch_size: images per forward pass (memory grows with it; 8-32 is fastest on a CPU);
     progress: show a tqdm progress bar on stderr.
     """
@@ -55,14 +59,30 @@ def predict(img, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=Fa
 
 def iter_predict(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=False):
     """Top-k lists for a list of images, one at a time, computed batch_size images per forward pass."""
-    if not isinstance(top_k, int) or top_k < 1:
-        raise MixerError(f"top_k must be a positive integer, got {top_k!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
-    model = model or default_model()
-    if model.num_classes == 0:
-        raise MixerError(f"{model.pretrained_cfg['name']}: this model has no classifier head (num_classes=0); "
-                         "use model.forward_features or model(x) for embeddings")
+    for _, result in classify_each(images, top_k, model, batch_size, progress):
+        if isinstance(result, MixerError):
+            raise result
+        yield [(label, prob) for _, label, prob in result]
+
+
+# what reading an untrusted image can raise besides MixerError: Pillow's bomb guard is not an OSError,
+# and some of its decoders raise ValueError (e.g. "Decompressed Data Too Large" in a PNG text chunk)
+_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=False):
+    """(image, result) for each image, in order, as soon as its batch is done.
+
+    result: [(class index, label, probability), ...] sorted by probability, or the MixerError that
+    says why this image could not be classified (unreadable, or non-finite logits): one bad image
+    does not stop the others. The progress bar counts an image when its result is ready, so it
+    reaches N/N before the last result is handed out.
+    """
+    images = list(images)
+    top_k, batch_size = _check_numbers(top_k, batch_size)
+    if not images:  # nothing to do: no model to load (the default one is a download)
+        return
+    model = _check_model(model)
     names = class_names(model)
     k = min(top_k, model.num_classes)
     bar = None
@@ -72,13 +92,73 @@ def iter_predict(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pro
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            x = np.stack([model.preprocess(i) for i in batch])  # [b, 3, H, W]
-            probs = softmax(model(x))  # [b, K]
-            for p in probs:
-                top = np.argsort(-p, kind="stable")[:k]
-                yield [(names[i], float(p[i])) for i in top]
+            results = [_read(model, img) for img in batch]  # [3, H, W] arrays or MixerErrors
+            good = [i for i, r in enumerate(results) if not isinstance(r, MixerError)]
+            if good:
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
+                    logits = model(np.stack([results[i] for i in good]))  # [b, K]
+                    probs = softmax(logits)
+                for i, z, p in zip(good, logits, probs):
+                    if not np.all(np.isfinite(z)):
+                        results[i] = MixerError(f"{_name(batch[i])}: the model gave non-finite logits "
+                                                f"(NaN or Inf) - check the checkpoint's weights and the image")
+                        continue
+                    top = np.argsort(-p, kind="stable")[:k]
+                    results[i] = [(int(c), names[c], float(p[c])) for c in top]
             if bar is not None:
                 bar.update(len(batch))
+                if start + batch_size >= len(images):
+                    bar.close()  # before the last results go out: the caller may stop there
+            yield from zip(batch, results)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _read(model, img):
+    """model.preprocess(img), or a MixerError naming the image."""
+    try:
+        return model.preprocess(img)
+    except MixerError as e:
+        return e
+    except _IMAGE_ERRORS as e:
+        return MixerError(f"{_name(img)}: cannot read the image ({type(e).__name__}: {e}) - check the file")
+
+
+def _name(img):
+    """How an image is named in an error: its path or URL, else its type."""
+    if isinstance(img, (str, os.PathLike)):
+        return os.fspath(img)
+    return f"a {type(img).__name__}"
+
+
+def _check_numbers(top_k, batch_size):
+    for name, value in [("top_k", top_k), ("batch_size", batch_size)]:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise MixerError(f"{name} must be a positive integer, got {value!r}")
+    return int(top_k), int(batch_size)
+
+
+def _check_model(model):
+    """An MlpMixer with a head: one given by name or path is loaded here."""
+    if model is None:
+        model = default_model()
+    elif isinstance(model, (str, os.PathLike)):
+        model = _load_by_name(model)
+    elif not isinstance(model, MlpMixer):
+        raise MixerError(f"model must be an MlpMixer (from load_model), a timm name, 'digits' or a path to a "
+                         f".safetensors file, got {type(model).__name__}")
+    if model.num_classes == 0:
+        raise MixerError(f"{model.pretrained_cfg['name']}: this model has no classifier head (num_classes=0); "
+                         "use model.forward_features or model(x) for embeddings")
+    return model
+
+
+def _load_by_name(name_or_path):
+    """load_model(name_or_path); names (not files) are loaded once per process, as the default model."""
+    text = os.fspath(name_or_path)
+    if os.path.exists(text):  # a file may change between calls: read it again
+        return load_model(text)
+    if text not in _DEFAULT:
+        _DEFAULT[text] = load_model(text)
+    return _DEFAULT[text]

@@ -22,7 +22,10 @@ _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampl
 
 
 def load_image(img):
-    """A path, PIL image or HWC / HW uint8 array -> an RGB PIL image."""
+    """A path, http(s) URL, PIL image or HWC / HW uint8 array -> an RGB PIL image."""
+    if isinstance(img, str) and img[:8].lower().startswith(("http://", "https://")):  # numpy_mixer.fetch
+        from .fetch import fetch_image
+        return load_image(fetch_image(img))
     if isinstance(img, (str, os.PathLike)):
         try:
             with Image.open(img) as opened:

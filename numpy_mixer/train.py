@@ -273,6 +273,16 @@ def digit_image(values):
     return np.round(255 * (1 - ink)).astype(np.uint8)
 
 
+def _sklearn():
+    """(load_digits, train_test_split) from scikit-learn, or a MixerError saying how to install it."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise MixerError('this needs scikit-learn, which is not installed: pip install "numpy-mixer[train]"') from None
+    return load_digits, train_test_split
+
+
 def digits_data(cfg, test_size=0.2, split_seed=0):
     """sklearn's digits, preprocessed exactly as a user's PNG is, with a stratified held-out split.
 
@@ -281,9 +291,7 @@ def digits_data(cfg, test_size=0.2, split_seed=0):
     upsampling is the cfg's interpolation (Pillow), as for any picture given to predict.
     Returns (x_train, y_train, x_test, y_test, images_test): x [B, 3, S, S] float32, images uint8 [B, 8, 8].
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
+    load_digits, train_test_split = _sklearn()
     from .preprocess import preprocess
 
     digits = load_digits()

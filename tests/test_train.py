@@ -136,7 +136,7 @@ def test_predict_and_cli_on_digit_pngs_of_any_size_and_mode(digits, digits_model
                           "--top-k", "1"], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert out.returncode == 0, out.stderr
-    answers = [r["predictions"][0]["label"] for r in json.loads(out.stdout)]
+    answers = [json.loads(line)["predictions"][0]["label"] for line in out.stdout.splitlines()]  # JSON Lines
     assert answers == expected
 
 
