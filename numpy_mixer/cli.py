@@ -26,6 +26,8 @@ def build_parser():
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr: auto = when stderr is a terminal and there are over "
                         f"{PROGRESS_MIN_IMAGES} images (default auto)")
+    from .embed import add_cli_parser as add_embed_parser  # numpy-mixer embed: see numpy_mixer/embed.py
+    add_embed_parser(sub)
     return parser
 
 
@@ -85,6 +87,9 @@ def main(argv=None):
     try:
         if args.command == "predict":
             run_predict(args)
+        elif args.command == "embed":
+            from .embed import run_cli as run_embed
+            run_embed(args)
     except MixerError as e:
         print(f"numpy-mixer: error: {e}", file=sys.stderr)
         return 1
