@@ -12,9 +12,11 @@ or the legacy layout where all of these sit in one dict. Every download goes thr
 hf_hub_download, as in timm; without a network it fails in seconds instead of retrying for 25.
 """
 import json
+import math
 import os
 import socket
 import threading
+import time
 
 from .errors import MixerError
 from .weights import ARCHITECTURES, MixerConfig
@@ -57,11 +59,16 @@ def is_local_name(text):
 # --- the network --------------------------------------------------------------------------------------------
 
 
+_PROBES = {}  # (host, port) -> (time.monotonic() of the probe, answered): one probe per model load, not per file
+PROBE_MEMORY_S = 60.0
+
+
 def hub_reachable(timeout=PROBE_TIMEOUT_S):
     """False when HF_HUB_OFFLINE is set or the hub's host does not answer within `timeout` seconds.
 
     huggingface_hub retries for ~25 s when there is no network; this probe answers in at most `timeout`
-    (the name lookup too, which a socket timeout does not bound, so it runs in a thread).
+    (the name lookup too, which a socket timeout does not bound, so it runs in a thread). The answer is
+    kept for PROBE_MEMORY_S, so config.json and the weights do not cost a probe each.
     """
     from urllib.parse import urlsplit
 
@@ -73,6 +80,14 @@ def hub_reachable(timeout=PROBE_TIMEOUT_S):
         return True  # behind a proxy a direct probe says nothing: let huggingface_hub try
     url = urlsplit(constants.ENDPOINT)  # huggingface.co, or the mirror HF_ENDPOINT names
     address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+    when, answer = _PROBES.get(address, (-math.inf, None))
+    if time.monotonic() - when < PROBE_MEMORY_S:
+        return answer
+    _PROBES[address] = (time.monotonic(), _probe(address, timeout))
+    return _PROBES[address][1]
+
+
+def _probe(address, timeout):
     answered = []
 
     def probe():
@@ -105,7 +120,8 @@ def hub_file(repo, filename, revision=None):
         return hf_hub_download(repo, filename, revision=revision, local_files_only=not online)
     except LocalEntryNotFoundError:
         why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
-               else f"no network ({constants.ENDPOINT} does not answer)")
+               else f"no network ({constants.ENDPOINT} does not answer)" if not online
+               else f"{constants.ENDPOINT} could not be reached")
         raise MixerError(f"cannot get {where}: {why} and it is not in the Hugging Face cache "
                          f"({constants.HF_HUB_CACHE}); {_WAYS_FORWARD}") from None
     except RepositoryNotFoundError:

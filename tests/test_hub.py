@@ -237,6 +237,48 @@ def test_without_network_the_cache_still_serves_and_nothing_is_fetched(tmp_path,
     assert all(w in str(e.value) for w in ("--weights FILE", "HF_HUB_OFFLINE", "--model digits"))
 
 
+def test_a_host_that_never_answers_costs_one_bounded_probe(tmp_path, monkeypatch):
+    """A hanging connect (or name lookup) is cut at PROBE_TIMEOUT_S, and config.json + weights share the probe."""
+    import socket
+
+    calls = []
+
+    def hang(address, timeout=None):
+        calls.append(address)
+        time.sleep(30)
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(hub, "_PROBES", {})
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    start = time.perf_counter()
+    with pytest.raises(MixerError, match="no network"):
+        load_model("hf-hub:someone/anything")
+    with pytest.raises(MixerError, match="no network"):
+        load_model("mixer_b16_224.goog_in21k")
+    assert time.perf_counter() - start < hub.PROBE_TIMEOUT_S + 1.5 and calls == [("hub.invalid", 443)]
+
+
+def test_with_a_network_it_is_huggingface_hubs_own_download(tmp_path, monkeypatch, timm_folder):
+    """When the hub answers, hf_hub_download runs as timm calls it (its progress bar, its cache), with the revision."""
+    import huggingface_hub
+
+    asked = []
+
+    def download(repo, filename, revision=None, local_files_only=False, **kwargs):
+        asked.append((repo, filename, revision, local_files_only))
+        return str(timm_folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.PROBE_TIMEOUT_S: True)
+    assert load_model("hf-hub:someone/mixer-five@v3").pretrained_cfg["labels"] == LABELS
+    assert asked == [("someone/mixer-five", "config.json", "v3", False),
+                     ("someone/mixer-five", "model.safetensors", "v3", False)]
+
+
 def test_known_tag_reads_its_cached_config_json_and_works_without_it(offline_cache, make_checkpoint, tmp_path):
     tag = "mixer_b16_224.goog_in21k_ft_in1k"
     path, _ = make_checkpoint("mixer_b16_224")
