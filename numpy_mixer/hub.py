@@ -114,7 +114,7 @@ def hub_file(repo, filename, revision=None):
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
-    where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
+    where = f"{repo}" + (f"@{revision}" if revision else "") + f" ({filename})"
     online = hub_reachable()
     try:
         return hf_hub_download(repo, filename, revision=revision, local_files_only=not online)
@@ -122,7 +122,7 @@ def hub_file(repo, filename, revision=None):
         why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
                else f"no network ({constants.ENDPOINT} does not answer)" if not online
                else f"{constants.ENDPOINT} could not be reached")
-        raise MixerError(f"cannot get {where}: {why} and it is not in the Hugging Face cache "
+        raise MixerError(f"cannot download {where}: {why} and it is not in the Hugging Face cache "
                          f"({constants.HF_HUB_CACHE}); {_WAYS_FORWARD}") from None
     except RepositoryNotFoundError:
         raise MixerError(f"{repo}: no such repository on the Hugging Face hub (or it is private: "
