@@ -13,8 +13,11 @@ path given), and keeps it for its later tasks. Results come back in input order.
 
 Schedule model: with W workers and n images in batches of B, there are P = min(ceil(n / B),
 PARTITIONS_PER_WORKER * W) tasks of about n / P images; each worker runs P / W of them. The time is
-about (load + n * t_image / W), where t_image is the single-worker time per image: loading happens once
+about (load + n * t_image / W), where t_image is one worker's time per image: loading happens once
 per worker, in parallel, and the tasks are many enough per worker that a slow one does not hold up the end.
+Dask starts its workers with OMP_NUM_THREADS=1 (distributed.nanny.pre-spawn-environ), so a worker is one
+core (the fast path runs one thread): start one single-threaded worker per core (`dask worker
+--nworkers auto --nthreads 1`). The model holds when the W workers have cores of their own.
 """
 import math
 import os

@@ -225,7 +225,9 @@ def resolve(name_or_path):
         return text, None
     if hub.is_hub_name(text):
         repo_id = text.split(":", 1)[1]
-        if not (repo_id.startswith("timm/") and repo_id[len("timm/"):] in PRETRAINED):  # a known tag: below
+        rest = repo_id.removeprefix("timm/")
+        if not (repo_id.startswith("timm/") and rest.split(".")[0] in ARCHITECTURES
+                and (rest in PRETRAINED or "." not in rest)):  # timm's own tags (or architectures): below
             return hub.resolve_hub(repo_id)
     name = text.removeprefix("timm/").removeprefix("hf-hub:timm/").removeprefix("hf_hub:timm/")
     if "." not in name:  # a bare architecture picks its first pretrained tag, as timm does

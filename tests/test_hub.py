@@ -294,7 +294,7 @@ def test_known_tag_reads_its_cached_config_json_and_works_without_it(offline_cac
                                                      "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3,
                                                      "num_classes": 1000}}))
     add_to_cache(offline_cache, f"timm/{tag}", {"model.safetensors": path, "config.json": config})
-    for name in (tag, f"hf-hub:timm/{tag}", "mixer_b16_224"):
+    for name in (tag, f"hf-hub:timm/{tag}", "mixer_b16_224", "hf-hub:timm/mixer_b16_224"):
         cfg = load_model(name).pretrained_cfg
         assert (cfg["crop_pct"], cfg["interpolation"], cfg["labels"]) == (0.9, "bilinear", "imagenet-1k"), name
 
