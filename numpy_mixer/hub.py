@@ -183,6 +183,8 @@ def parse_config(cfg, source):
     if "label_names" in cfg:
         pretrained_cfg["label_names"] = cfg["label_names"]
     model_args = cfg.get("model_args") or {}
+    if not isinstance(model_args, dict):
+        raise MixerError(f"{source}: config.json's 'model_args' is not a JSON object")
     if model_args.get("in_chans") is not None:
         pretrained_cfg["input_size"] = (model_args["in_chans"], *pretrained_cfg.get("input_size", (3, 224, 224))[1:])
     if model_args.get("img_size") is not None and pretrained_cfg.get("fixed_input_size", False):
@@ -218,10 +220,17 @@ def parse_config(cfg, source):
             raise MixerError(f"{source}: {key} {value!r} in config.json; expected three numbers"
                              + (" above 0" if key == "std" else ""))
     num_classes = pretrained_cfg.get("num_classes")
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 0):
+        raise MixerError(f"{source}: num_classes {num_classes!r} in config.json; expected a whole number >= 0")
+    input_size = pretrained_cfg.get("input_size", (3, 224, 224))
+    if (not isinstance(input_size, (list, tuple)) or len(input_size) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
+        raise MixerError(f"{source}: input_size {input_size!r} in config.json; expected [channels, height, width]")
     parsed = dict(name=source, architecture=architecture, num_classes=num_classes,
                 labels=_label_list(pretrained_cfg.get("label_names"), num_classes, source),
                 mean=tuple(mean), std=tuple(std), interpolation=interpolation, crop_pct=crop_pct,
-                crop_mode=crop_mode, input_size=tuple(pretrained_cfg.get("input_size", (3, 224, 224))),
+                crop_mode=crop_mode, input_size=tuple(input_size),
                 model_args=model_args)
     return {k: v for k, v in parsed.items() if v is not None}  # absent: the weights or the defaults decide
 

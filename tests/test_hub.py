@@ -148,6 +148,27 @@ def test_unsupported_config_is_a_one_line_error_naming_it(timm_folder, tmp_path,
     assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("cfg", [
+    [], {"pretrained_cfg": {}}, {"architecture": "mixer_s32_224", "pretrained_cfg": [1]},
+    {"architecture": "mixer_s32_224", "pretrained_cfg": {}, "model_args": [1]},
+    {"architecture": "mixer_s32_224", "pretrained_cfg": {"input_size": 224}},
+    {"architecture": "mixer_s32_224", "pretrained_cfg": {"input_size": [3, "224", 224]}},
+    {"architecture": "mixer_s32_224", "num_classes": "5", "pretrained_cfg": {}},
+    {"architecture": "mixer_s32_224", "pretrained_cfg": {"crop_pct": 0}},
+    {"architecture": "mixer_s32_224", "pretrained_cfg": {"mean": "0.5"}},
+    {"architecture": "mixer_s32_224", "label_names": "abc", "pretrained_cfg": {}},
+    {"architecture": "mixer_s32_224", "label_names": {"x": "a"}, "pretrained_cfg": {}},
+])
+def test_malformed_config_json_is_a_one_line_error(tmp_path, cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MixerError) as e:
+        load_model(tmp_path)
+    assert str(tmp_path) in str(e.value) and "config.json" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(MixerError, match="cannot read"):
+        load_model(tmp_path)
+
+
 def test_folder_errors_name_the_problem(timm_folder, tmp_path):
     with pytest.raises(MixerError, match="no such folder"):
         load_model(f"local-dir:{tmp_path / 'nowhere'}")
