@@ -84,6 +84,8 @@ def test_folder_written_by_timm_loads_with_its_labels_preprocessing_and_logits(t
     assert x.dtype == np.float32 and np.array_equal(x, x_timm)  # bit-equal to timm's transform
     logits = model(x[None])
     assert np.abs(logits - logits_timm).max() <= logits_bound(logits_timm)
+    print(f"timm save_for_hf s32 -> numpy-mixer: max |logit diff| {np.abs(logits - logits_timm).max():.2e} "
+          f"(bound {logits_bound(logits_timm):.2e})")
     top = predict(photo, top_k=2, model=model)
     assert top[0][0] == LABELS[int(logits_timm.argmax())] and {label for label, _ in top} <= set(LABELS)
 
@@ -400,6 +402,8 @@ def test_a_shape_timm_has_no_name_for_saves_model_args_timm_can_build(tmp_path):
     with torch.no_grad():
         logits_timm = timm_mixer(torch.from_numpy(x)).numpy()
     assert np.abs(model(x) - logits_timm).max() <= logits_bound(logits_timm)
+    print(f"digits -> timm MlpMixer(**model_args): max |logit diff| {np.abs(model(x) - logits_timm).max():.2e} "
+          f"(bound {logits_bound(logits_timm):.2e})")
     reloaded = load_model(folder)
     assert reloaded.pretrained_cfg["interpolation"] == "bilinear" and reloaded.pretrained_cfg["crop_pct"] == 1.0
     assert np.array_equal(reloaded(x), model(x))
