@@ -51,9 +51,11 @@ def collect_images(inputs):
             found = []
             for root, dirs, names in os.walk(item):
                 dirs.sort()
-                found.extend(os.path.join(root, n) for n in sorted(names) if os.path.splitext(n)[1].lower() in extensions)
+                found.extend(os.path.join(root, n) for n in sorted(names)
+                             if os.path.splitext(n)[1].lower() in extensions)
             if not found:
-                raise MixerError(f"{item}: folder has no image files (looked for {', '.join(sorted(extensions)[:6])}, ...)")
+                raise MixerError(f"{item}: folder has no image files "
+                                 f"(looked for {', '.join(sorted(extensions)[:6])}, ...)")
             files.extend(found)
         elif not os.path.exists(item):
             raise MixerError(f"{item}: no such file or folder")
@@ -166,8 +168,8 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
             before = None
         if before != run:
             differs = [k for k in run if not isinstance(before, dict) or before.get(k) != run[k]]
-            raise MixerError(f"{partial}: the interrupted run had other {', '.join(differs) or 'settings'} "
-                             "(same files, model and --batch-size are needed to resume); delete the folder to start again")
+            raise MixerError(f"{partial}: the interrupted run had other {', '.join(differs) or 'settings'} (same "
+                             "files, model and --batch-size are needed to resume); delete the folder to start again")
     else:
         os.makedirs(partial)
         with open(run_file, "w", encoding="utf-8") as f:

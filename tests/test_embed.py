@@ -160,7 +160,8 @@ def test_final_file_is_written_chunk_by_chunk(tmp_path):
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
     paths = write_crops(tmp_path / "imgs", 2)
-    for kwargs, words in [(dict(out=tmp_path / "e.txt"), ".npz"), (dict(out=tmp_path / "no" / "e.npz"), "no such folder"),
+    for kwargs, words in [(dict(out=tmp_path / "e.txt"), ".npz"),
+                          (dict(out=tmp_path / "no" / "e.npz"), "no such folder"),
                           (dict(batch_size=0), "batch_size")]:
         with pytest.raises(MixerError, match=words):
             numpy_mixer.embed(paths, model="digits", **{"out": tmp_path / "e.npz", **kwargs})

@@ -82,9 +82,10 @@ def main():
                     assert np.array_equal(result["embeddings"], single["embeddings"])
                 t_image = t_image or times[1] / len(paths)
                 predicted = len(paths) * t_image / workers
+                tasks = len(distributed.partitions(len(paths), args.batch_size, workers))
                 print(f"{name}: {workers} Dask worker(s): {times[0]:.2f} s with the model load, {times[1]:.2f} s "
                       f"loaded ({len(paths) / times[1]:.1f} img/s); schedule model {predicted:.2f} s; "
-                      f"{len(distributed.partitions(len(paths), args.batch_size, workers))} tasks; bit-equal", flush=True)
+                      f"{tasks} tasks; bit-equal", flush=True)
 
 
 if __name__ == "__main__":
