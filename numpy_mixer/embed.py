@@ -259,8 +259,14 @@ def run_cli(args):
     if args.weights and not os.path.isfile(args.weights):
         raise MixerError(f"{args.weights}: no such file (--weights takes a local .safetensors file)")
     progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
-    summary = embed_to_file(args.images, args.out, model=args.weights or args.model, batch_size=args.batch_size,
-                            resume=args.resume, progress=progress)
+    try:
+        summary = embed_to_file(args.images, args.out, model=args.weights or args.model,
+                                batch_size=args.batch_size, resume=args.resume, progress=progress)
+    except KeyboardInterrupt:
+        if os.path.isdir(args.out + ".partial"):
+            print(f"numpy-mixer embed: interrupted; the finished batches are in {args.out}.partial/, "
+                  "the same command with --resume continues", file=sys.stderr)
+        raise
     n, m, c = summary["count"], summary["failed"], summary["num_features"]
     print(f"{args.out}: embeddings [{n}, {c}] float32, paths [{n}]" + (f"; {m} skipped, listed in failed" if m else ""),
           file=sys.stderr)
