@@ -63,6 +63,9 @@ def build_parser():
                    help="classes of the head (default 1000, ImageNet-1k labels; 0: no head)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     r.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    from .embed import add_cli_parser as add_embed_parser  # numpy-mixer embed: see numpy_mixer/embed.py
+    add_embed_parser(sub)
     return parser
 
 
@@ -333,6 +336,9 @@ def main(argv=None):
             return run_predict(args)
         if args.command == "random-checkpoint":
             return run_random_checkpoint(args)
+        if args.command == "embed":
+            from .embed import run_cli as run_embed
+            return run_embed(args)
     except MixerError as e:
         say("error", str(e))
     except BrokenPipeError:  # e.g. piped into head, which has all it wants: stop quietly

@@ -13,12 +13,12 @@ Random weights run every line of code with real numbers, but what they *predict*
 the notebooks say so whenever `real` is False.
 """
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 from .checkpoint import config_for, random_state_dict, save_checkpoint
 from .errors import MixerError
+from .hub import hub_reachable as _hub_reachable  # the 3-s probe, shared with the loader
 from .model import MlpMixer, load_model
 from .weights import ARCHITECTURES, DEFAULT_MODEL, PRETRAINED, read_safetensors
 
@@ -128,21 +128,6 @@ def _cached_pretrained(tag):
 
     path = try_to_load_from_cache(f"timm/{tag}", "model.safetensors")
     return path if isinstance(path, str) else None
-
-
-def _hub_reachable():
-    """False when HF_HUB_OFFLINE is set or huggingface.co does not answer within 3 s."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy a direct probe says nothing: let huggingface_hub try
-    try:  # huggingface_hub retries for ~25 s when there is no network; a short probe avoids that
-        with socket.create_connection(("huggingface.co", 443), timeout=3):
-            return True
-    except OSError:
-        return False
 
 
 def _is_random_checkpoint(path):

@@ -121,6 +121,23 @@ class MlpMixer:
         self.config = infer_config(self.state_dict())
         self.pretrained_cfg.update(num_classes=num_classes, labels=LABEL_SETS_BY_CLASSES.get(num_classes))
 
+    def save_pretrained(self, folder):
+        """Write model.safetensors and config.json as timm.models.save_for_hf does, for
+        timm.create_model("local-dir:folder", pretrained=True) or a hub upload (huggingface_hub.upload_folder)."""
+        import json
+        import os
+
+        from .checkpoint import save_checkpoint
+        from .hub import CONFIG_NAME, WEIGHTS_NAME, timm_config
+
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        config = timm_config(self.config, self.pretrained_cfg)
+        save_checkpoint(self.state_dict(), os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+        with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        return folder
+
     def preprocess(self, img):
         """A path, PIL image or HWC uint8 array -> the (3, H, W) float32 input this model expects."""
         from .preprocess import preprocess
@@ -136,13 +153,19 @@ class MlpMixer:
 def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     """A timm Mixer by name (from the Hugging Face hub or its cache) or from a local .safetensors file.
 
+    Names as timm's: a pretrained tag, hf-hub:owner/repo[@revision], local-dir:/folder or a folder
+    (timm's config.json and model.safetensors; see numpy_mixer.hub), "digits" (shipped).
+
     num_classes: None keeps the checkpoint's head; 0 drops it (the model returns pooled features);
     any other number puts a fresh zero head of that size, as timm does.
     """
     path, pretrained_cfg = resolve(name_or_path)
     source = pretrained_cfg["name"] if pretrained_cfg else str(path)
     model = MlpMixer(read_safetensors(path), pretrained_cfg, source)
-    if pretrained_cfg:
+    if pretrained_cfg and "architecture" in pretrained_cfg:  # from timm's config.json (numpy_mixer.hub)
+        from .hub import check_config
+        check_config(model.config, pretrained_cfg, source)
+    if pretrained_cfg and "num_classes" in pretrained_cfg:
         check_architecture(model.config, source, pretrained_cfg["num_classes"])
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)

@@ -206,12 +206,29 @@ def read_safetensors(path):
 
 
 def resolve(name_or_path):
-    """A local file path, or a timm name -> (local file, pretrained config or None)."""
+    """A model name or path -> (local weights file, pretrained config or None).
+
+    Names as timm takes them: a pretrained tag (mixer_b16_224.goog_in21k_ft_in1k, or its architecture),
+    hf-hub:owner/repo[@revision], local-dir:/folder; also a folder with timm's config.json, a .safetensors
+    file, or "digits" (shipped). See numpy_mixer.hub.
+    """
+    from . import hub
+
     text = os.fspath(name_or_path)
     if text in BUNDLED:  # before the path check, so a folder named "digits" does not shadow it
         return os.path.join(os.path.dirname(__file__), "data", f"{text}.safetensors"), dict(BUNDLED[text], name=text)
+    if hub.is_local_name(text):
+        return hub.resolve_folder(text[len(hub.LOCAL_PREFIX):])
+    if os.path.isdir(text):
+        return hub.resolve_folder(text, source=text)
     if os.path.exists(text) or text.lower().endswith((".safetensors",) + _PICKLE_SUFFIXES):
         return text, None
+    if hub.is_hub_name(text):
+        repo_id = text.split(":", 1)[1]
+        rest = repo_id.removeprefix("timm/")
+        if not (repo_id.startswith("timm/") and rest.split(".")[0] in ARCHITECTURES
+                and (rest in PRETRAINED or "." not in rest)):  # timm's own tags (or architectures): below
+            return hub.resolve_hub(repo_id)
     name = text.removeprefix("timm/").removeprefix("hf-hub:timm/").removeprefix("hf_hub:timm/")
     if "." not in name:  # a bare architecture picks its first pretrained tag, as timm does
         tags = [t for t in PRETRAINED if t.split(".")[0] == name]
@@ -223,26 +240,24 @@ def resolve(name_or_path):
         name = tags[0]
     if name not in PRETRAINED:
         raise _unknown(name)
-    return _download(name), dict(PRETRAINED[name], name=name)
+    # timm's config.json when the cache has it (it is not fetched for this), else timm's default_cfgs above
+    cfg = dict(PRETRAINED[name], name=name)
+    cached = hub.cached_timm_config(name)
+    if cached is not None:
+        # ... but our label sets: the same classes in the same order, with readable names, not synsets
+        cfg.update({k: v for k, v in cached.items() if k not in ("name", "labels")})
+    return _download(name), cfg
 
 
 def _unknown(name):
     return MixerError(f"unknown model {name!r} (and no such file); known names: {', '.join([*PRETRAINED, *BUNDLED])}, "
+                      "hf-hub:owner/repo[@revision], local-dir:/folder, a folder with config.json, "
                       "or a path to a .safetensors file")
 
 
 def _download(name):
-    """timm/<name>/model.safetensors through huggingface_hub (so HF_HOME and HF_HUB_OFFLINE apply)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    """timm/<name>/model.safetensors through huggingface_hub (so HF_HOME and HF_HUB_OFFLINE apply);
+    without a network, a MixerError within seconds (numpy_mixer.hub.hub_file)."""
+    from .hub import WEIGHTS_NAME, hub_file
 
-    repo = f"timm/{name}"
-    try:
-        return hf_hub_download(repo, "model.safetensors")
-    except LocalEntryNotFoundError:
-        raise MixerError(f"cannot download {repo} (offline, or no network) and it is not in the Hugging Face "
-                         "cache; download model.safetensors elsewhere and pass it with --weights FILE "
-                         "(or load_model('path/to/model.safetensors'))") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise MixerError(f"cannot download {repo}: {str(e).splitlines()[0]}; pass a local file with "
-                         "--weights FILE") from None
+    return hub_file(f"timm/{name}", WEIGHTS_NAME)

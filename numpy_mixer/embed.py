@@ -1,0 +1,273 @@
+"""Embeddings of an image collection: the pre-logits timm's forward_head(x, pre_logits=True) gives.
+
+    numpy-mixer embed photos/ more.jpg --out photos.npz [--model NAME | --weights FILE] [--batch-size B] [--resume]
+
+    result = numpy_mixer.embed(["photos/"], "photos.npz", model="digits")
+    result["embeddings"]  # float32 [n, C], one row per image that could be read, in input order
+    result["paths"]       # [n] str, the file of each row
+    result["failed"]      # [m] str, the files that could not be read (each reported on stderr)
+
+Folders are walked recursively, their image files sorted. The run streams: batch_size images at a time,
+each batch's embeddings written to FILE.npz.partial/ as one chunk (to a temporary name, then renamed,
+so a chunk on disk is always whole). An interrupted run continues with resume=True (--resume) from the
+chunks on disk, recomputing none of them. At the end the chunks are copied one by one into FILE.npz
+(written under a temporary name, then renamed) and the .partial folder is removed: memory holds one
+batch, never the collection.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import MixerError
+
+DEFAULT_BATCH_SIZE = 16
+_RUN_FILE = "run.json"
+
+
+# --- which files -----------------------------------------------------------------------------------------
+
+
+def _image_extensions():
+    from PIL import Image
+
+    Image.init()
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def collect_images(inputs):
+    """Files as given, and every image file under each folder (recursively, sorted). -> [path]"""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    extensions = _image_extensions()
+    files = []
+    for item in map(os.fspath, inputs):
+        if os.path.isdir(item):
+            found = []
+            for root, dirs, names in os.walk(item):
+                dirs.sort()
+                found.extend(os.path.join(root, n) for n in sorted(names)
+                             if os.path.splitext(n)[1].lower() in extensions)
+            if not found:
+                raise MixerError(f"{item}: folder has no image files "
+                                 f"(looked for {', '.join(sorted(extensions)[:6])}, ...)")
+            files.extend(found)
+        elif not os.path.exists(item):
+            raise MixerError(f"{item}: no such file or folder")
+        else:
+            files.append(item)
+    if not files:
+        raise MixerError("no images to embed")
+    return files
+
+
+# --- one batch -----------------------------------------------------------------------------------------------
+
+
+def embed_batch(model, paths):
+    """Pre-logits of the images that can be read. -> (ok [b'] indices into paths, [b', C] float32, [(i, reason)])"""
+    inputs, ok, failed = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            inputs.append(model.preprocess(path))  # [3, S, S]
+            ok.append(i)
+        except MixerError as e:  # unreadable: skipped and reported, the run goes on
+            failed.append((i, str(e)))
+    if not inputs:
+        return np.zeros(0, np.int64), np.zeros((0, model.num_features), np.float32), failed
+    x = np.stack(inputs)  # [b', 3, S, S]
+    features = model.forward_head(model.forward_features(x), pre_logits=True)  # [b', C]
+    return np.asarray(ok, np.int64), features.astype(np.float32, copy=False), failed
+
+
+def batches(count, batch_size):
+    """Batch k covers input positions [k * batch_size, (k + 1) * batch_size): the same batches in every run,
+    resumed or on any number of Dask workers, so the embeddings are the same bits."""
+    return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+
+def _load(model):
+    from .model import MlpMixer, load_model
+    from .weights import DEFAULT_MODEL
+
+    if isinstance(model, MlpMixer):
+        return model
+    return load_model(DEFAULT_MODEL if model is None else model)
+
+
+def _fingerprint(model, paths, batch_size):
+    """What a resumed run must share with the interrupted one."""
+    digest = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
+    weights = hashlib.sha256(np.ascontiguousarray(model.params["norm"]["weight"]).tobytes()).hexdigest()[:16]
+    return {"model": str(model.pretrained_cfg.get("name")), "weights": weights, "num_features": model.num_features,
+            "count": len(paths), "paths_sha256": digest, "batch_size": batch_size}
+
+
+def _save_atomic(path, **arrays):
+    """np.savez to a temporary file in the same folder, then rename: a file on disk is always whole."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _chunk_name(k):
+    return f"batch-{k:08d}.npz"
+
+
+def embed(images, out=None, model=None, batch_size=DEFAULT_BATCH_SIZE, resume=False, progress=False):
+    """Embed image files and folders; write FILE.npz (out) or, with out=None, keep them in memory.
+
+    images: files and folders (walked recursively); model: an MlpMixer, or a name/path for load_model
+    (default mixer_b16_224.goog_in21k_ft_in1k); resume: continue an interrupted run of the same inputs.
+    Returns {"embeddings": [n, C] float32, "paths": [n] str, "failed": [m] str} (np.load's lazy NpzFile
+    when out is given).
+    """
+    if out is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = embed_to_file(images, os.path.join(tmp, "embeddings.npz"), model, batch_size, False, progress)
+            with np.load(summary["out"]) as result:
+                return {key: result[key] for key in result.files}
+    return np.load(embed_to_file(images, out, model, batch_size, resume, progress)["out"])
+
+
+def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume=False, progress=False):
+    """embed() with out given, returning a summary: {"out", "count", "failed", "num_features"}."""
+    out = os.fspath(out)
+    if not out.endswith(".npz"):
+        raise MixerError(f"{out}: the output file must end in .npz")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise MixerError(f"{out}: no such folder for the output file")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
+    paths = collect_images(images)
+    model = _load(model)
+    partial = out + ".partial"
+    run = _fingerprint(model, paths, batch_size)
+    run_file = os.path.join(partial, _RUN_FILE)
+    if os.path.isdir(partial):
+        if not resume:
+            raise MixerError(f"{partial}: an interrupted run left its batches here; pass --resume "
+                             "(resume=True) to continue it, or delete the folder to start again")
+        try:
+            with open(run_file, encoding="utf-8") as f:
+                before = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before != run:
+            differs = [k for k in run if not isinstance(before, dict) or before.get(k) != run[k]]
+            raise MixerError(f"{partial}: the interrupted run had other {', '.join(differs) or 'settings'} (same "
+                             "files, model and --batch-size are needed to resume); delete the folder to start again")
+    else:
+        os.makedirs(partial)
+        with open(run_file, "w", encoding="utf-8") as f:
+            json.dump(run, f)
+
+    todo = [(k, span) for k, span in enumerate(batches(len(paths), batch_size))
+            if not os.path.isfile(os.path.join(partial, _chunk_name(k)))]
+    done_images = len(paths) - sum(stop - start for _, (start, stop) in todo)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(paths), initial=done_images, unit="img", desc="embed", file=sys.stderr,
+              disable=not progress) as bar:
+        for k, (start, stop) in todo:
+            ok, features, failed = embed_batch(model, paths[start:stop])
+            for _, reason in failed:
+                bar.write(f"numpy-mixer embed: skipped {reason}", file=sys.stderr)
+            _save_atomic(os.path.join(partial, _chunk_name(k)), index=ok + start, embeddings=features,
+                         failed=np.asarray([start + i for i, _ in failed], np.int64),
+                         reasons=np.asarray([r for _, r in failed], dtype=str))
+            bar.update(stop - start)
+    chunks = [os.path.join(partial, _chunk_name(k)) for k in range(len(batches(len(paths), batch_size)))]
+    count, failed = write_npz(out, paths, chunks, model.num_features)
+    shutil.rmtree(partial)
+    return {"out": out, "count": count, "failed": failed, "num_features": model.num_features}
+
+
+def write_npz(out, paths, chunks, num_features):
+    """Concatenate chunk files (index, embeddings, failed, reasons) into out, one chunk in memory at a time.
+
+    out holds embeddings [n, C] float32 (written straight into the .npz, streaming), paths [n] and
+    failed [m] (str), failed_reasons [m] (str). Returns (n, m).
+    """
+    ok_index, failed_index, reasons = [], [], []
+    for chunk in chunks:  # first pass: the indices only (small), to size the embeddings array
+        with np.load(chunk) as c:
+            ok_index.append(c["index"])
+            failed_index.append(c["failed"])
+            reasons.extend(c["reasons"].tolist())
+    ok_index, failed_index = np.concatenate(ok_index), np.concatenate(failed_index)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            with z.open("embeddings.npy", "w", force_zip64=True) as f:  # [n, C], chunk after chunk
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                          "shape": (len(ok_index), num_features)}
+                np.lib.format.write_array_header_2_0(f, header)
+                for chunk in chunks:
+                    with np.load(chunk) as c:
+                        f.write(np.ascontiguousarray(c["embeddings"], "<f4").tobytes())
+            for name, array in (("paths", np.asarray([paths[i] for i in ok_index], dtype=str)),
+                                ("failed", np.asarray([paths[i] for i in failed_index], dtype=str)),
+                                ("failed_reasons", np.asarray(reasons, dtype=str))):
+                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, array, allow_pickle=False)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(ok_index), len(failed_index)
+
+
+# --- the command line (numpy_mixer.cli adds this subcommand) -------------------------------------------------
+
+
+def add_cli_parser(sub):
+    """The `embed` subcommand, on cli.py's subparsers."""
+    p = sub.add_parser("embed", help="embeddings (pre-logits, float32 [n, C]) of images into a .npz file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (walked recursively, sorted)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, help="as for predict: a timm name, hf-hub:owner/repo, "
+                                                      "local-dir:FOLDER, or digits")
+    source.add_argument("--weights", metavar="FILE", help="a local .safetensors checkpoint with timm's keys")
+    p.add_argument("--out", required=True, metavar="FILE.npz",
+                   help="output: embeddings [n, C] float32, paths [n], failed [m], failed_reasons [m]")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="B",
+                   help=f"images per forward pass and per chunk on disk (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (FILE.npz.partial/)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress bar on stderr (auto: when stderr is a terminal)")
+    return p
+
+
+def run_cli(args):
+    if args.batch_size < 1:
+        raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.weights and not os.path.isfile(args.weights):
+        raise MixerError(f"{args.weights}: no such file (--weights takes a local .safetensors file)")
+    progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
+    try:
+        summary = embed_to_file(args.images, args.out, model=args.weights or args.model,
+                                batch_size=args.batch_size, resume=args.resume, progress=progress)
+    except KeyboardInterrupt:
+        if os.path.isdir(args.out + ".partial"):
+            print(f"numpy-mixer embed: interrupted; the finished batches are in {args.out}.partial/, "
+                  "the same command with --resume continues", file=sys.stderr)
+        raise
+    n, m, c = summary["count"], summary["failed"], summary["num_features"]
+    print(f"{args.out}: embeddings [{n}, {c}] float32, paths [{n}]" + (f"; {m} skipped, listed in failed" if m else ""),
+          file=sys.stderr)
+    return 1 if m else 0  # as predict: every readable image done, a non-zero exit if any was skipped

@@ -1,0 +1,192 @@
+"""numpy-mixer embed and numpy_mixer.embed: pre-logits of a collection, streamed, resumable, skipping bad files."""
+import importlib
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import numpy_mixer
+from numpy_mixer import MixerError, load_model
+
+from .conftest import timm_model
+
+ROOT = Path(__file__).resolve().parent.parent
+embed_module = importlib.import_module("numpy_mixer.embed")  # numpy_mixer.embed itself is the function
+
+
+def write_crops(folder, count, size=(40, 56), seed=0):
+    """`count` small crops of skimage's photos as PNG/JPEG files in folder (two levels). -> [path]"""
+    import skimage.data
+
+    photos = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        top, left = rng.integers(0, photo.shape[0] - size[0]), rng.integers(0, photo.shape[1] - size[1])
+        sub = Path(folder) / f"part{i // 25}"
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img{i:04d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(photo[top:top + size[0], left:left + size[1]]).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return load_model("digits")
+
+
+def reference(model, paths):
+    """What embed must give: forward_head(forward_features(x), pre_logits=True), image by image."""
+    return np.concatenate([model.forward_head(model.forward_features(model.preprocess(p)[None]), pre_logits=True)
+                           for p in paths])
+
+
+def test_embed_gives_pre_logits_in_input_order_and_skips_unreadable_files(tmp_path, digits_model):
+    paths = write_crops(tmp_path / "imgs", 30)
+    bad = tmp_path / "imgs" / "part0" / "img0003b.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    result = numpy_mixer.embed([tmp_path / "imgs"], model=digits_model, batch_size=8)
+    files = sorted(paths + [str(bad)])
+    good = [p for p in files if p != str(bad)]
+    assert list(result["paths"]) == good and list(result["failed"]) == [str(bad)]
+    assert "not an image" in result["failed_reasons"][0]
+    assert result["embeddings"].dtype == np.float32 and result["embeddings"].shape == (30, 64)
+    np.testing.assert_allclose(result["embeddings"], reference(digits_model, good), rtol=0, atol=1e-5)
+
+
+def test_embeddings_match_timms_pre_logits(tmp_path, make_checkpoint):
+    path, state = make_checkpoint("mixer_s32_224", num_classes=3)
+    model = load_model(path)
+    paths = write_crops(tmp_path / "imgs", 5)
+    result = numpy_mixer.embed(paths, model=model, batch_size=4)
+    x = torch.from_numpy(np.stack([model.preprocess(p) for p in paths]))
+    with torch.no_grad():
+        tm = timm_model("mixer_s32_224", state)
+        want = tm.forward_head(tm.forward_features(x), pre_logits=True).numpy()
+    assert np.abs(result["embeddings"] - want).max() <= 1e-5 * np.abs(want).max()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def counting(model, fail_after=None):
+    """Wrap model.forward_features: count the images it sees; raise Interrupt after fail_after calls."""
+    seen = []
+    original = model.forward_features
+
+    def forward_features(x, **kwargs):
+        if fail_after is not None and len(seen) >= fail_after:
+            raise Interrupt
+        seen.append(len(x))
+        return original(x, **kwargs)
+
+    model.forward_features = forward_features
+    return seen
+
+
+def test_resume_continues_without_recomputing(tmp_path):
+    paths = write_crops(tmp_path / "imgs", 45)
+    out = tmp_path / "e.npz"
+    model = load_model("digits")
+    seen = counting(model, fail_after=3)
+    with pytest.raises(Interrupt):
+        numpy_mixer.embed(paths, out, model=model, batch_size=8)
+    partial = Path(f"{out}.partial")
+    chunks = sorted(partial.glob("batch-*.npz"))
+    assert len(chunks) == 3 and seen == [8, 8, 8] and not out.exists()
+
+    with pytest.raises(MixerError, match="--resume"):  # without --resume it refuses to start over silently
+        numpy_mixer.embed(paths, out, model=load_model("digits"), batch_size=8)
+    with pytest.raises(MixerError, match="batch_size"):
+        numpy_mixer.embed(paths, out, model=load_model("digits"), batch_size=5, resume=True)
+
+    model = load_model("digits")
+    seen = counting(model)
+    with numpy_mixer.embed(paths, out, model=model, batch_size=8, resume=True) as resumed:
+        embeddings, done = resumed["embeddings"], list(resumed["paths"])
+    assert seen == [8, 8, 5]  # only the 45 - 24 images left, nothing twice
+    assert not partial.exists()
+    whole = numpy_mixer.embed(paths, model=load_model("digits"), batch_size=8)  # one uninterrupted run
+    assert done == paths and np.array_equal(embeddings, whole["embeddings"])
+
+
+def test_chunks_untouched_while_resuming(tmp_path, monkeypatch):
+    """The chunks of the interrupted run are read at the end, never rewritten (mtime)."""
+    paths = write_crops(tmp_path / "imgs", 20)
+    out = tmp_path / "e.npz"
+    model = load_model("digits")
+    counting(model, fail_after=1)
+    with pytest.raises(Interrupt):
+        numpy_mixer.embed(paths, out, model=model, batch_size=8)
+    first = Path(f"{out}.partial") / "batch-00000000.npz"
+    before = first.stat().st_mtime_ns
+    written, at_assembly = [], []
+    save, assemble = embed_module._save_atomic, embed_module.write_npz
+    monkeypatch.setattr(embed_module, "_save_atomic", lambda path, **a: (written.append(path), save(path, **a)))
+    monkeypatch.setattr(embed_module, "write_npz",
+                        lambda *a: (at_assembly.append(first.stat().st_mtime_ns), assemble(*a))[1])
+    numpy_mixer.embed(paths, out, model=load_model("digits"), batch_size=8, resume=True)
+    assert str(first) not in written and len(written) == 2 and at_assembly == [before]
+
+
+def test_final_file_is_written_chunk_by_chunk(tmp_path):
+    """Assembling 200 chunks of [16, 768] (9.8 MB) keeps about one chunk in memory, not all of them."""
+    rng = np.random.default_rng(0)
+    chunks, paths = [], []
+    for k in range(200):
+        chunks.append(str(tmp_path / f"c{k}.npz"))
+        np.savez(chunks[-1], index=np.arange(16 * k, 16 * k + 16), embeddings=rng.random((16, 768), np.float32),
+                 failed=np.zeros(0, np.int64), reasons=np.zeros(0, str))
+        paths += [f"img{i}" for i in range(16 * k, 16 * k + 16)]
+    tracemalloc.start()
+    embed_module.write_npz(str(tmp_path / "out.npz"), paths, chunks, 768)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3_000_000, peak  # the paths array (~0.4 MB) and a chunk or two, not 9.8 MB
+    with np.load(tmp_path / "out.npz") as f:
+        assert f["embeddings"].shape == (3200, 768) and f["embeddings"].dtype == np.float32
+        with np.load(chunks[7]) as c:
+            assert np.array_equal(f["embeddings"][7 * 16:8 * 16], c["embeddings"])
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    paths = write_crops(tmp_path / "imgs", 2)
+    for kwargs, words in [(dict(out=tmp_path / "e.txt"), ".npz"),
+                          (dict(out=tmp_path / "no" / "e.npz"), "no such folder"),
+                          (dict(batch_size=0), "batch_size")]:
+        with pytest.raises(MixerError, match=words):
+            numpy_mixer.embed(paths, model="digits", **{"out": tmp_path / "e.npz", **kwargs})
+    with pytest.raises(MixerError, match="no such file"):
+        numpy_mixer.embed([tmp_path / "missing.jpg"], model="digits")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MixerError, match="no image files"):
+        numpy_mixer.embed([tmp_path / "empty"], model="digits")
+
+
+def test_command_line(tmp_path, digits_model):
+    paths = write_crops(tmp_path / "imgs", 12)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "e.npz"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-m", "numpy_mixer", "embed", str(tmp_path / "imgs"), "--out", str(out),
+                          "--model", "digits", "--batch-size", "5", "--progress", "on"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr  # every readable image embedded; the skipped one makes the exit non-zero
+    assert "skipped" in run.stderr and "broken.jpg" in run.stderr and "13/13" in run.stderr
+    assert f"{out}: embeddings [12, 64] float32, paths [12]; 1 skipped" in run.stderr
+    with np.load(out) as f:
+        assert sorted(f.files) == ["embeddings", "failed", "failed_reasons", "paths"]
+        assert list(f["paths"]) == sorted(paths) and list(f["failed"]) == [str(tmp_path / "imgs" / "broken.jpg")]
+        np.testing.assert_allclose(f["embeddings"], reference(digits_model, sorted(paths)), rtol=0, atol=1e-5)
+    again = subprocess.run([sys.executable, "-m", "numpy_mixer", "embed", str(tmp_path / "nowhere"), "--out", str(out),
+                            "--model", "digits"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "nowhere" in again.stderr
