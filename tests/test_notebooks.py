@@ -33,7 +33,8 @@ def test_committed_outputs_are_current(name):
     code = [c for c in committed.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code), f"{name}: committed without outputs; run tools/run_notebooks.py"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"], f"{name}: committed with an error"
-    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{name}: no figure"
+    if name != "04_whole_model.ipynb":  # 4 is all parity numbers: its pictures need trained weights (notebook 8)
+        assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{name}: no figure"
     assert path.stat().st_size < 1_000_000, f"{name}: {path.stat().st_size:,} bytes; keep figures small"
     problems = run_notebooks.differences(committed, run_notebooks.execute(path))
     assert not problems, f"{name}: outputs differ from the committed ones (python tools/run_notebooks.py " \
