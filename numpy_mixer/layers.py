@@ -161,3 +161,18 @@ def forward(x, params, patch_size=16):
     if "head" in params:
         x = head(x, **params["head"])  # [B, K]
     return x
+
+
+def forward_intermediates(x, stem_params, blocks, norm, take, norm_intermediates=False, patch_size=16):
+    """forward_features that also keeps the tokens after each block listed in take (block indices).
+
+    norm_intermediates applies the final norm to each kept output, as timm's norm=True.
+    [B, 3, H, W] -> (features [B, N, C], [[B, N, C] for each index in take, in block order])
+    """
+    x = stem(x, patch_size=patch_size, **stem_params)  # [B, 3, H, W] -> [B, N, C]
+    intermediates = []
+    for i, block in enumerate(blocks):
+        x = mixer_block(x, **block)  # [B, N, C] -> [B, N, C]
+        if i in take:
+            intermediates.append(layer_norm(x, **norm) if norm_intermediates else x)
+    return layer_norm(x, **norm), intermediates

@@ -87,6 +87,30 @@ class MlpMixer:
             return fast_path.forward_features(x, p, self.config.patch_size)
         return layers.forward_features(x, p["stem"], p["blocks"], p["norm"], self.config.patch_size)
 
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
+                              intermediates_only=False):
+        """timm's MlpMixer.forward_intermediates: the tokens after chosen blocks (readable path).
+
+        indices: None for every block, an int n for the last n, or a list of block indices (negative
+        ones count from the end); norm: apply the final norm to each; stop_early: run no block past the
+        last one asked for (the returned features are then that block's, normalised, as in timm);
+        output_fmt: "NCHW" ([B, C, G, G], the tokens back on their grid) or "NLC" ([B, N, C]).
+        Returns the list of intermediates if intermediates_only, else (features [B, N, C], intermediates).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise MixerError(f"output_fmt={output_fmt!r}; use 'NCHW' ([B, C, H, W]) or 'NLC' ([B, N, C])")
+        x = self._cast(self._check_input(x))
+        take = take_indices(self.config.depth, indices)
+        p = self.params
+        blocks = p["blocks"][:max(take) + 1] if stop_early else p["blocks"]
+        features, intermediates = layers.forward_intermediates(x, p["stem"], blocks, p["norm"], take, norm,
+                                                               self.config.patch_size)
+        if output_fmt == "NCHW":
+            G = self.config.img_size // self.config.patch_size
+            # tokens are numbered row by row: [B, N, C] -> [B, G, G, C] -> [B, C, G, G]
+            intermediates = [y.reshape(len(y), G, G, -1).transpose(0, 3, 1, 2) for y in intermediates]
+        return intermediates if intermediates_only else (features, intermediates)
+
     def forward_head(self, x, pre_logits=False):
         """Pool the tokens and apply the head. [B, N, C] -> [B, K] (or [B, C] with pre_logits)"""
         x = layers.global_pool(x)  # [B, N, C] -> [B, C]
@@ -148,6 +172,25 @@ class MlpMixer:
         return (f"MlpMixer({self.pretrained_cfg['name']!r}: patch {c.patch_size}, {c.img_size}px, {c.depth} blocks, "
                 f"width {c.embed_dim}, token MLP {c.tokens_dim}, channel MLP {c.channels_dim}, "
                 f"{c.num_classes} classes, {self.num_params():,} params)")
+
+
+def take_indices(num_blocks, indices=None):
+    """timm's feature_take_indices: None -> every block, int n -> the last n, list -> those (negative from the end)."""
+    if indices is None:
+        indices = num_blocks
+    if isinstance(indices, (int, np.integer)):
+        if not 0 < indices <= num_blocks:
+            raise MixerError(f"indices={indices}: the last n blocks needs 1 <= n <= {num_blocks} (the model's depth)")
+        return [num_blocks - indices + i for i in range(indices)]
+    take = []
+    for i in indices:
+        index = num_blocks + i if i < 0 else i
+        if not 0 <= index < num_blocks:
+            raise MixerError(f"block index {i} is out of range: the model has blocks 0 to {num_blocks - 1}")
+        take.append(int(index))
+    if not take:
+        raise MixerError("indices is empty: pass None (every block), an int n (the last n) or a list of block indices")
+    return take
 
 
 def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
