@@ -202,6 +202,19 @@ def paint(mask, rng, polarity=None):
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
+def framed(glyph, size=128, height=0.6, centre=(0.5, 0.5), ink=(0, 0, 0), paper=(255, 255, 255)):
+    """One glyph as a deliberate picture: `height` (a fraction of the frame) tall, centred at `centre`
+    (fractions of the frame), RGB ink on RGB paper. -> uint8 [size, size, 3]"""
+    h = round(size * height)
+    g = glyph.resize((max(1, round(h * glyph.size[0] / glyph.size[1])), h), Image.Resampling.LANCZOS)
+    mask = np.zeros((size, size), np.float32)
+    left, top = round(centre[0] * size - g.size[0] / 2), round(centre[1] * size - g.size[1] / 2)
+    mask[top:top + g.size[1], left:left + g.size[0]] = np.asarray(g, np.float32) / 255
+    paper = np.asarray(paper, np.float32)
+    rgb = paper + mask[..., None] * (np.asarray(ink, np.float32) - paper)  # [size, size, 3]
+    return np.round(rgb).astype(np.uint8)
+
+
 def drawn_digits(count, seed=0, split="train", canvas=CANVAS):
     """count pictures of digits, half typed in fonts and half drawn with pens, from the split's fonts and
     pens ("train" or "test"); labels cycle 0..9. -> (uint8 [count, canvas, canvas, 3], int64 [count])"""
