@@ -132,15 +132,14 @@ _font_cache = {}
 
 
 def font_glyph(digit, font):
-    """The digit typed in a DejaVu font -> an 'L' mask (ink 255), cropped to the ink, GLYPH*1.5 px tall."""
+    """The digit typed in a DejaVu font -> an 'L' mask (ink 255), cropped to the ink (about 1.2 GLYPH tall)."""
     key = (digit, font)
     if key not in _font_cache:
         path = os.path.join(FONT_DIR, f"{font}.ttf")
-        try:
-            face = ImageFont.truetype(path, int(GLYPH * 1.6))
-        except OSError:
+        if not os.path.isfile(path):  # checked here: Pillow would look for another file of that name
             raise MixerError(f"{path}: font not found; the synthetic digits need the DejaVu fonts "
-                             "(Debian/Ubuntu: apt-get install fonts-dejavu)") from None
+                             "(Debian/Ubuntu: apt-get install fonts-dejavu)")
+        face = ImageFont.truetype(path, int(GLYPH * 1.6))
         img = Image.new("L", (GLYPH * 3, GLYPH * 3), 0)
         ImageDraw.Draw(img).text((GLYPH // 2, GLYPH // 4), str(digit), fill=255, font=face)
         _font_cache[key] = _crop(img)

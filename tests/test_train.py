@@ -205,6 +205,13 @@ def test_every_font_draws_every_digit():
             assert glyph.mode == "L" and min(glyph.size) > 5 and np.asarray(glyph).max() == 255, (font, digit)
 
 
+def test_a_missing_font_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr("numpy_mixer.drawn_digits.FONT_DIR", str(tmp_path))
+    monkeypatch.setattr("numpy_mixer.drawn_digits._font_cache", {})
+    with pytest.raises(MixerError, match="DejaVuSans.ttf: font not found.*fonts-dejavu"):
+        font_glyph(3, "DejaVuSans")
+
+
 def test_shipped_digits_model_is_small(digits_model):
     assert os.path.getsize(resolve("digits")[0]) < 1_000_000
     assert digits_model.num_params() < 200_000

@@ -108,9 +108,9 @@ def main(argv=None):
         return 0
     metrics = {"heldout_accuracy": accuracies["sklearn dark on light"],  # the figure earlier files recorded
                "heldout_accuracies": accuracies, "heldout_sizes": {k: len(y) for k, (_, y) in heldout.items()},
-               "train_size": len(y_train), "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-               "data_seconds": round(data_seconds, 1), "seed": args.seed, "epochs": args.epochs, "recipe": RECIPE,
-               "cpu_count": os.cpu_count()}
+               "train_size": len(y_train), "train_seconds": round(seconds, 1),
+               "train_cpu_seconds": round(cpu_seconds, 1), "data_seconds": round(data_seconds, 1), "seed": args.seed,
+               "epochs": args.epochs, "recipe": RECIPE, "cpu_count": os.cpu_count()}
     curves = {k: history[k] for k in ("train_loss", "train_acc", "val_acc")}
     save_checkpoint(model.state_dict(), args.out,
                     metadata={"metrics": json.dumps(metrics), "history": json.dumps(curves),
