@@ -11,7 +11,7 @@ Gradients are checked against torch autograd in float64 (tests/test_backward.py)
 
 Dimension legend (as layers.py; sizes for the digits model in brackets):
     B  batch
-    P  patch size               [4]
+    P  patch size               [6]
     N  tokens (patches)         [16]   (G * G, G = img_size / P)
     C  channels (hidden width)  [64]
     T  token-MLP width          [32]   (0.5 * C)

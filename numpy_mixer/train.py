@@ -302,6 +302,88 @@ def digits_data(cfg, test_size=0.2, split_seed=0):
     return x[index_train], digits.target[index_train], x[index_test], digits.target[index_test], images[index_test]
 
 
+def sklearn_digit_pictures(test_size=0.2, split_seed=0):
+    """sklearn's 1,797 digits as dark-on-light uint8 pictures (digit_image), with a stratified held-out split.
+    -> (images_train [B, 8, 8] uint8, y_train [B], images_test, y_test)"""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.stack([digit_image(v) for v in digits.images])  # [1797, 8, 8] uint8
+    index_train, index_test = train_test_split(np.arange(len(images)), test_size=test_size, random_state=split_seed,
+                                               stratify=digits.target)
+    return images[index_train], digits.target[index_train], images[index_test], digits.target[index_test]
+
+
+def preprocess_all(pictures, cfg):
+    """Pictures (uint8 [B, h, w] or [B, h, w, 3]) through the model's preprocessing. -> [B, 3, S, S] float32"""
+    from .preprocess import preprocess
+
+    return np.stack([preprocess(p, cfg) for p in pictures])
+
+
+# --- digits as people draw them: the training pictures and their augmentation ---------------------------
+
+
+def placed_sklearn_pictures(images, copies, rng):
+    """Each sklearn digit `copies` times as a glyph placed like a drawn one (numpy_mixer.drawn_digits.place):
+    any size, position and small rotation, thinner or bolder, either polarity, a little colour and noise.
+    uint8 [B, 8, 8] -> uint8 [B * copies, CANVAS, CANVAS, 3] (digit-major: copies of image 0 first)"""
+    from PIL import Image
+
+    from . import drawn_digits as dd
+
+    out = []
+    for img in images:
+        glyph = Image.fromarray(255 - img).resize((32, 32), Image.Resampling.BILINEAR)  # ink 255
+        for _ in range(copies):
+            out.append(dd.paint(dd.place(dd.bolden(glyph, rng), rng), rng))
+    return np.stack(out)
+
+
+def digits_training_set(cfg, drawn=16000, placed_copies=4, full_copies=2, seed=0):
+    """The digits model's training pictures, preprocessed: sklearn's training split as scanned (full frame,
+    `full_copies` times) and placed anywhere (`placed_copies` times), and `drawn` font and pen pictures of
+    the training fonts and pens (numpy_mixer.drawn_digits). Polarity of the full-frame scans is left to the
+    augmentation (random_polarity). -> (x [B, 3, S, S] float32, y [B])"""
+    from .drawn_digits import drawn_digits
+
+    rng = np.random.default_rng(seed)
+    images, labels, _, _ = sklearn_digit_pictures()
+    pictures, drawn_labels = drawn_digits(drawn, seed=seed, split="train")
+    x = np.concatenate([np.tile(preprocess_all(images, cfg), (full_copies, 1, 1, 1)),
+                        preprocess_all(placed_sklearn_pictures(images, placed_copies, rng), cfg),
+                        preprocess_all(pictures, cfg)])
+    y = np.concatenate([np.tile(labels, full_copies), np.repeat(labels, placed_copies), drawn_labels])
+    return x, y
+
+
+def invert(x, cfg):
+    """The preprocessed negative: what 255 - picture gives. Normalize is affine, so
+    (1 - p - mean) / std = (1 - 2 mean) / std - x. [..., 3, S, S] -> same"""
+    mean = np.asarray(cfg["mean"], np.float32)[:, None, None]
+    std = np.asarray(cfg["std"], np.float32)[:, None, None]
+    return (1 - 2 * mean) / std - x
+
+
+def random_polarity(cfg, max_shift=0):
+    """An augment(xb, rng) for fit: each image turned negative with probability 1/2, and moved by up to
+    max_shift pixels, the border repeated (the paper may be any colour). [B, 3, S, S] -> [B, 3, S, S]"""
+
+    def augment(xb, rng):
+        B, _, S, _ = xb.shape
+        flip = rng.random(B) < 0.5
+        xb = np.where(flip[:, None, None, None], invert(xb, cfg), xb).astype(xb.dtype)
+        if max_shift:
+            m = max_shift
+            padded = np.pad(xb, ((0, 0), (0, 0), (m, m), (m, m)), mode="edge")
+            dy, dx = rng.integers(0, 2 * m + 1, size=(2, B))
+            xb = np.stack([padded[i, :, dy[i]:dy[i] + S, dx[i]:dx[i] + S] for i in range(B)])
+        return xb
+
+    return augment
+
+
 def random_shift(max_shift, fill):
     """An augment(xb, rng) for fit: move each image by up to max_shift pixels, filling with `fill`
     (the normalised background). [B, 3, S, S] -> [B, 3, S, S]"""
@@ -327,3 +409,28 @@ def training_record(name_or_path="digits"):
     with safe_open(resolve(name_or_path)[0], "numpy") as f:
         metadata = f.metadata() or {}
     return json.loads(metadata.get("metrics", "{}")), json.loads(metadata.get("history", "{}"))
+
+
+# --- the digits model's held-out sets -------------------------------------------------------------------
+
+DRAWN_TEST = dict(count=1000, seed=2024)  # the held-out synthetic set: fonts and a pen never trained on
+
+
+def digits_heldout_sets(cfg):
+    """Every held-out set the digits model is scored on, preprocessed with cfg: name -> (x [B, 3, S, S], y [B]).
+
+    sklearn's 360 held-out digits as dark ink on light paper and as light on dark (the 8x8 arrays turned
+    into images directly, ink = high values, as MNIST looks); and numpy_mixer.drawn_digits' test split,
+    regenerated from DRAWN_TEST: held-out fonts and the held-out pen, each in either polarity.
+    """
+    from .drawn_digits import drawn_digits
+
+    _, _, images, labels = sklearn_digit_pictures()
+    pictures, drawn_labels = drawn_digits(DRAWN_TEST["count"], seed=DRAWN_TEST["seed"], split="test")
+    x_drawn = preprocess_all(pictures, cfg)
+    font = np.arange(len(drawn_labels)) % 20 < 10  # drawn_digits alternates fonts and pens in blocks of ten
+    return {"sklearn dark on light": (preprocess_all(images, cfg), labels),
+            "sklearn light on dark": (preprocess_all(255 - images, cfg), labels),
+            "drawn: fonts and pens": (x_drawn, drawn_labels),
+            "drawn: fonts": (x_drawn[font], drawn_labels[font]),
+            "drawn: pens": (x_drawn[~font], drawn_labels[~font])}

@@ -28,8 +28,8 @@ PRETRAINED = {
     "mixer_b16_224.miil_in21k": dict(_MIIL, num_classes=11221, labels="imagenet-21k-miil"),
     "mixer_b16_224.miil_in21k_ft_in1k": dict(_MIIL, num_classes=1000, labels="imagenet-1k"),
 }
-# Shipped inside the package, no download: a small Mixer trained on scikit-learn's 8x8 digits by
-# tools/train_digits.py (dark ink on a light background; upsampled with Pillow's bilinear to 16x16).
+# Shipped inside the package, no download: a small Mixer (24x24 input) trained by tools/train_digits.py on
+# scikit-learn's 8x8 digits and on digits typed in fonts or drawn with pens, in both polarities.
 BUNDLED = {
     "digits": dict(mean=(0.7, 0.7, 0.7), std=(0.32, 0.32, 0.32), interpolation="bilinear", crop_pct=1.0,
                    num_classes=10, labels=[str(i) for i in range(10)]),
