@@ -250,13 +250,17 @@ def _grid(rows, cols, inner, tasks):
     bands = _split(rows, -(-rows // CHANNEL_ROWS))
     band = min(b - a for a, b in bands)
     want = max(-(-tasks * band // rows), -(-band * cols // TILE_ELEMS))  # tiles per band
-    row_splits = max(1, min(round(math.sqrt(want * band / cols)), band // MIN_ROWS))
+    square = math.sqrt(want * band / cols)  # r row splits x want/r column splits, rows/r ~ cols/(want/r)
+    # a row split that divides `want`, so that the tiles fill whole rounds of workers (33 tasks on 16
+    # workers take three rounds, 32 take two), the nearest to square
+    fits = [r for r in range(1, min(want, band // MIN_ROWS) + 1) if want % r == 0] or [1]
+    row_splits = min(fits, key=lambda r: abs(math.log(r / square)))
     tiles = []
     for b0, b1 in bands:
         row_tiles = [(b0 + a, b0 + b) for a, b in _split(b1 - b0, row_splits, 1, MIN_ROWS)]
         shortest = min(b - a for a, b in row_tiles)
         least_cols = max(MIN_COLS, -(-MIN_TILE_MACS // (shortest * inner)))
-        col_tiles = _split(cols, -(-want // len(row_tiles)), QUANTUM, least_cols)
+        col_tiles = _split(cols, want // row_splits, QUANTUM, least_cols)
         tiles += [(r, c) for c in col_tiles for r in row_tiles]
     return tiles
 
@@ -274,10 +278,12 @@ class Plan:
     def __init__(self, B, N, C, T, H, W, patch_inputs):
         rows = N * B
         self.shape, self.workers = dict(B=B, N=N, C=C, T=T, H=H), W
-        self.norm = _split(rows, max(-(-rows // NORM_ROWS), NORM_TASKS_PER_WORKER * W), 1, NORM_MIN_ROWS)
+        whole_rounds = lambda n: -(-n // W) * W  # noqa: E731 (n tasks rounded up to fill whole rounds of W)
+        self.norm = _split(rows, whole_rounds(max(-(-rows // NORM_ROWS), NORM_TASKS_PER_WORKER * W)), 1,
+                           NORM_MIN_ROWS)
         self.stem = _split(rows, len(self.norm), 1, max(MIN_ROWS, -(-MIN_TILE_MACS // (C * patch_inputs))))
         cols = B * C
-        token_splits = max(-(-cols * T // TILE_ELEMS), TASKS_PER_WORKER * W)
+        token_splits = whole_rounds(max(-(-cols * T // TILE_ELEMS), TASKS_PER_WORKER * W))
         self.token = _split(cols, token_splits, QUANTUM, max(MIN_COLS, -(-MIN_TILE_MACS // (N * T))))
         self.fc1 = _grid(rows, H, C, TASKS_PER_WORKER * W)
         self.fc2 = _grid(rows, C, H, TASKS_PER_WORKER * W)
