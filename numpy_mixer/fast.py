@@ -10,17 +10,17 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
 - every core for everything: W worker threads (W = the BLAS thread count, so OMP_NUM_THREADS /
   OPENBLAS_NUM_THREADS apply) each run single-threaded BLAS, so the elementwise NumPy work between
   the matmuls (GELU, LayerNorm, biases) is spread over the cores too; NumPy releases the GIL in both.
-- work sized from W and B (see plan): every phase has about TASKS_PER_WORKER tasks per worker at
-  every batch size, batch 1 included. The channel MLP is two phases: fc1 (+ GELU) split by hidden
-  units, fc2 split by output channels, with a barrier between: no partial sums to add up, so the
-  bits do not depend on the split. Both are also split by rows, in near-square tiles (the least
-  data each task packs) of at most TILE_ELEMS outputs (256 kB: the matmul's output and GELU's
-  passes stay in cache, twice as fast per FLOP as larger tiles), in bands of CHANNEL_ROWS rows; the
-  tasks reading one weight slice are handed out one after another, so each weight is read from
-  memory about once per band (once per block up to batch 4).
+- work sized from W and B (see Plan): the matmul phases have TASKS_PER_WORKER tasks per worker or
+  more at every batch size, batch 1 included, in task counts that fill whole rounds of W. The
+  channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
+  a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
+  also split by rows, in near-square tiles (the least data each task packs) of at most TILE_ELEMS
+  outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
+  after another, so each weight is read from memory about once per band (once per block up to
+  batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
 - tasks handed out as workers ask for them, so a slow or busy core holds nobody up; every value is
   computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
-  dimension of 1), so the result is the same bits for any W and however the tasks are shared
+  dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result is the same bits for any W and however the tasks are shared
   (with threadpoolctl, which keeps BLAS single-threaded in each; without it, one worker lets BLAS
   thread the matmuls).
 - in place (out=) in reused buffers; GELU in cache-sized pieces, in one branch-free form, as
@@ -50,9 +50,9 @@ _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases: slack for a busy core, few GIL rounds
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
-TILE_ELEMS = 1 << 20  # outputs per task at most (4 MB): larger tiles gain nothing, smaller ones lose
+TILE_ELEMS = 1 << 20  # outputs per matmul task at most (4 MB); measured on 1 core, 2^16-2^18 were 10-20% slower
 NORM_ROWS = 128  # at most this many rows per LayerNorm task: its buffers stay in cache
-NORM_MIN_ROWS = 16  # at least this many: a LayerNorm task is 12 NumPy calls, each ~1.5 us of Python
+NORM_MIN_ROWS = 16  # at least this many: a LayerNorm task is 12 NumPy calls, each ~0.8 us of Python
 QUANTUM = 8  # columns, hidden units and channels are split in multiples of 8 (a SIMD width) ...
 MIN_COLS = 16  # ... and at least 16 per task (thinner matmuls run far below the BLAS peak)
 MIN_ROWS = 2  # never 1 row: NumPy/OpenBLAS would switch to a matrix-vector product, with other bits
