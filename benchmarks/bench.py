@@ -1,4 +1,4 @@
-"""numpy_mixer against PyTorch (timm, eager) and ONNX Runtime on this CPU: one table.
+"""numpy_mixer against PyTorch (timm, eager) and ONNX Runtime on this CPU: one table per thread count.
 
     python benchmarks/bench.py                 # mixer_b16_224, batches 1, 8, 32, 5 repeats, all cores
     python benchmarks/bench.py --threads 1,2,4,8,16 --json scaling.json   # one table per thread count
@@ -14,9 +14,12 @@ Every framework runs with the same thread count: numpy_mixer's BLAS (and so its 
 torch.set_num_threads, ONNX Runtime's intra-op pool. Thread counts above os.cpu_count() are skipped.
 "% ceiling" divides the model's FLOPs per second (2 x its multiply-adds, counted from the config)
 by what one large float32 NumPy matmul reaches with as many threads in the same run: the matmul
-ceiling. It is not a hard limit: a framework with fused, pre-packed kernels can pass it. Cold start is the wall time of a
-whole fresh process that classifies one photo from a local safetensors file (the numpy-mixer
-command, and the equivalent timm script); peak memory is that process's maximum resident set.
+ceiling. It is not a hard limit: a framework with fused, pre-packed kernels can pass it.
+Cold start is the wall time of a whole fresh process that classifies one photo from a local
+safetensors file (the numpy-mixer command, and the equivalent timm script, both on the last thread
+count); peak memory is that process's maximum resident set. --json FILE writes one row per thread
+count and batch: {threads, batch, numpy_mixer, pytorch, onnxruntime (img/s, null when absent),
+ceiling_gflops}. --phases prints the phase model instead (see phase_model).
 Weights are random (numpy_mixer.checkpoint): the real ones cannot be downloaded here, and speed
 does not depend on the values. torch, timm, onnx and onnxruntime are optional.
 """
@@ -434,7 +437,8 @@ def main(argv=None):
           f"load average {load_start:.1f} -> {load_end:.1f}")
     for threads, names, speed, ceiling in tables:
         print(f"\n{threads} thread{'s' if threads > 1 else ''}: matmul ceiling {ceiling:.0f} GFLOP/s = "
-              f"{ceiling * 1e9 / flops:.2f} img/s (2048^2 float32 matmul, {threads} BLAS thread{'s' if threads > 1 else ''})")
+              f"{ceiling * 1e9 / flops:.2f} img/s (2048^2 float32 matmul, {threads} BLAS "
+              f"thread{'s' if threads > 1 else ''})")
         header = ["", *names] + [f"numpy_mixer / {n}" for n in names[1:]]
         table = []
         for B in batch_sizes:

@@ -20,9 +20,9 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
 - tasks handed out as workers ask for them, so a slow or busy core holds nobody up; every value is
   computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
-  dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result is the same bits for any W and however the tasks are shared
-  (with threadpoolctl, which keeps BLAS single-threaded in each; without it, one worker lets BLAS
-  thread the matmuls).
+  dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result
+  is the same bits for any W and however the tasks are shared (with threadpoolctl, which keeps BLAS
+  single-threaded in each; without it, one worker lets BLAS thread the matmuls).
 - in place (out=) in reused buffers; GELU in cache-sized pieces, in one branch-free form, as
   accurate as layers.gelu in a third of the passes; see gelu_.
 
