@@ -1,6 +1,8 @@
-"""numpy_mixer against PyTorch (timm, eager) and ONNX Runtime on this CPU: one table.
+"""numpy_mixer against PyTorch (timm, eager) and ONNX Runtime on this CPU: one table per thread count.
 
-    python benchmarks/bench.py                 # mixer_b16_224, batches 1, 8, 32, 5 repeats
+    python benchmarks/bench.py                 # mixer_b16_224, batches 1, 8, 32, 5 repeats, all cores
+    python benchmarks/bench.py --threads 1,2,4,8,16 --json scaling.json   # one table per thread count
+    python benchmarks/bench.py --phases        # the phase model: predicted scaling from 1-thread task times
     python benchmarks/bench.py --tiny          # a few-block mixer_s32 in under a minute (CI)
     python benchmarks/bench.py --markdown      # the table as markdown, for the README
 
@@ -8,29 +10,38 @@ Throughput is images per second, the median of --repeats timed forward passes pe
 taken in turns (numpy, torch, onnxruntime, numpy, ...) so a busy machine slows all alike. Each timed
 pass starts after a short pause, so that threads the framework before it left spinning (OpenMP's,
 ONNX Runtime's pool) are asleep again and do not take a core from it.
-"% roofline" divides the model's FLOPs per second (2 x its multiply-adds, counted from the config)
-by what one large float32 NumPy matmul reaches in the same run. Cold start is the wall time of a
-whole fresh process that classifies one photo from a local safetensors file (the numpy-mixer
-command, and the equivalent timm script); peak memory is that process's maximum resident set.
+Every framework runs with the same thread count: numpy_mixer's BLAS (and so its worker count),
+torch.set_num_threads, ONNX Runtime's intra-op pool. Thread counts above os.cpu_count() are skipped.
+"% ceiling" divides the model's FLOPs per second (2 x its multiply-adds, counted from the config)
+by what one large float32 NumPy matmul reaches with as many threads in the same run: the matmul
+ceiling. It is not a hard limit: a framework with fused, pre-packed kernels can pass it.
+Cold start is the wall time of a whole fresh process that classifies one photo from a local
+safetensors file (the numpy-mixer command, and the equivalent timm script, both on the last thread
+count); peak memory is that process's maximum resident set. --json FILE writes one row per thread
+count and batch: {threads, batch, numpy_mixer, pytorch, onnxruntime (img/s, null when absent),
+ceiling_gflops}. --phases prints the phase model instead (see phase_model).
 Weights are random (numpy_mixer.checkpoint): the real ones cannot be downloaded here, and speed
 does not depend on the values. torch, timm, onnx and onnxruntime are optional.
 """
 import argparse
-import contextlib
+import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 
 import numpy as np
 
+from numpy_mixer import fast
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.model import MlpMixer
 
-THREADS = 2
 PAUSE = 0.2  # seconds before each timed pass
 
 TIMM_SCRIPT = """
@@ -72,7 +83,7 @@ def model_flops(config):
 
 
 def matmul_gflops(n=2048, repeats=5):
-    """GFLOP/s of an n x n float32 matmul, best of repeats: the roofline for the model's matmuls."""
+    """GFLOP/s of an n x n float32 matmul, best of repeats: the matmul ceiling (at the current BLAS threads)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, n, n), dtype=np.float32)
     out = a @ b
@@ -104,7 +115,6 @@ def torch_runner(arch, state, config):
     torch, timm = optional("torch"), optional("timm")
     if torch is None or timm is None:
         return None, None
-    torch.set_num_threads(THREADS)
     model = eval(timm_create(arch, config), {"timm": timm, "state": state})
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     model.eval()
@@ -116,23 +126,168 @@ def torch_runner(arch, state, config):
     return run, model
 
 
-def onnx_runner(model, img_size, folder):
-    """A function running the timm model exported to ONNX in onnxruntime, or None without them."""
-    torch, ort = optional("torch"), optional("onnxruntime")
-    if model is None or ort is None or optional("onnx") is None:
+def onnx_export(model, img_size, folder):
+    """The timm model exported to folder/model.onnx with a free batch axis, or None without onnx/onnxruntime."""
+    torch = optional("torch")
+    if model is None or optional("onnxruntime") is None or optional("onnx") is None:
         return None
     path = os.path.join(folder, "model.onnx")
     dummy = torch.zeros(1, 3, img_size, img_size)
-    export_args = dict(input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "B"}, "logits": {0: "B"}})
-    try:
-        torch.onnx.export(model, (dummy,), path, dynamo=False, **export_args)
-    except Exception:  # a torch without the TorchScript exporter: the dynamo one
-        torch.onnx.export(model, (dummy,), path, dynamo=True, **export_args)
+    names = dict(input_names=["x"], output_names=["logits"])
+    try:  # the torch.export-based exporter (the default since torch 2.9; needs onnxscript)
+        torch.onnx.export(model, (dummy,), path, dynamo=True, verbose=False,
+                          dynamic_shapes={"x": {0: torch.export.Dim("B")}}, **names)
+    except Exception:  # an older torch: the TorchScript exporter, whose deprecation notice is not ours to print
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", getattr(torch.jit, "TracerWarning", Warning))
+            torch.onnx.export(model, (dummy,), path, dynamo=False,
+                              dynamic_axes={"x": {0: "B"}, "logits": {0: "B"}}, **names)
+    return path
+
+
+def onnx_runner(path, threads):
+    """A function running the exported model in ONNX Runtime on `threads` intra-op threads."""
+    ort = optional("onnxruntime")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x})[0]
+
+
+def blas_threads(n):
+    """numpy's BLAS (and so numpy_mixer's worker count) limited to n threads, while in the with-block."""
+    threadpoolctl = optional("threadpoolctl")
+    if threadpoolctl is None:
+        raise SystemExit("bench.py needs threadpoolctl to give numpy_mixer the same thread count as the others")
+    return threadpoolctl.threadpool_limits(n, user_api="blas")
+
+
+def thread_counts(spec):
+    """--threads "1,2,4" -> ([counts up to os.cpu_count()], [counts skipped])."""
+    counts = [int(t) for t in spec.split(",")]
+    if any(t < 1 for t in counts):
+        raise SystemExit(f"--threads takes positive integers, got {spec!r}")
+    cores = os.cpu_count() or 1
+    return [t for t in counts if t <= cores], [t for t in counts if t > cores]
+
+
+def time_frameworks(runners, batch_sizes, repeats, img_size, rng):
+    """{batch: {framework: img/s}}: medians of `repeats` passes, the frameworks taken in turns."""
+    speed = {}
+    for B in batch_sizes:
+        x = rng.standard_normal((B, 3, img_size, img_size), dtype=np.float32)
+        times = {name: [] for name in runners}
+        for run in runners.values():  # warm up: first-call allocations, lazy init
+            run(x)
+        for _ in range(repeats):
+            for name, run in runners.items():
+                time.sleep(PAUSE)
+                start = time.perf_counter()
+                run(x)
+                times[name].append(time.perf_counter() - start)
+        speed[B] = {name: B / statistics.median(t) for name, t in times.items()}
+    return speed
+
+
+# --- the phase model ----------------------------------------------------------------------------------
+
+def python_seconds_per_call(repeats=2000):
+    """Seconds of Python and NumPy dispatch per NumPy call in a task (the part that holds the GIL):
+    a LayerNorm task on a [2, 8] tile, whose arithmetic is nothing, divided by its NumPy calls."""
+    scratch = fast._Scratch()
+    x, out = np.ones((2, 8), np.float32), np.empty((2, 8), np.float32)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    best = math.inf
+    for _ in range(5):
+        start = time.thread_time()  # CPU time: what the calls cost, not what a busy machine took meanwhile
+        for _ in range(repeats):
+            fast.layer_norm_rows(x, w, b, out, scratch)
+        best = min(best, (time.thread_time() - start) / repeats)
+    return best / fast.numpy_calls("norm", (0, 2), {})
+
+
+def barrier_seconds(rounds=200, trials=10):
+    """Seconds per threading.Barrier round between 2 threads, the best of `trials` runs of `rounds` (the
+    model charges W/2 of these per barrier). Wall time: on a busy machine even the best is pessimistic."""
+    barrier = threading.Barrier(2)
+
+    def other():
+        for _ in range(rounds * trials):
+            barrier.wait()
+
+    helper = threading.Thread(target=other)
+    helper.start()
+    best = math.inf
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            barrier.wait()
+        best = min(best, (time.perf_counter() - start) / rounds)
+    helper.join()
+    return best
+
+
+def task_times(x, model, plans, repeats):
+    """{W: [(phase, [seconds per task])]}: one forward pass with each W's plan on 1 thread, the plans
+    taken in turns (so that a busy spell hits all alike), each task's best of repeats."""
+    best = {}
+    for _ in range(repeats):
+        for W in plans:
+            _, record = fast.time_tasks(x, model.params, model.config.patch_size, W)
+            old = best.get(W, record)
+            best[W] = [(name, [min(a, b) for a, b in zip(o, n)]) for (name, o), (_, n) in zip(old, record)]
+    return best
+
+
+PHASE_KINDS = ("stem+norm", "token", "norm", "fc1", "fc2")
+
+
+def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3):
+    """Time every task of one forward pass on one thread, for the plan of each W; predict each W's
+    makespan as the sum over phases of a greedy schedule of their tasks (in hand-out order, each to the
+    worker free first), at least the phase's GIL-held Python time, plus W/2 barrier rounds per barrier."""
+    P = model.config.patch_size
+    N, C, T, H = fast.model_shape(model.params, P, model.config.img_size)
+    per_call, per_barrier = python_seconds_per_call(), barrier_seconds()
+    print(f"phase model of {model.pretrained_cfg['name']}: task times measured one at a time on 1 thread "
+          f"(best of {repeats}); Python per NumPy call {per_call * 1e6:.2f} us, a 2-thread barrier round "
+          f"{per_barrier * 1e6:.0f} us; a model, not a measurement. Phase columns: predicted ms per forward "
+          f"pass, * where the Python (GIL) time bounds it")
+    results = []
+    header = ["batch", "W", "tasks token/norm/fc1/fc2", "predicted ms", "img/s", "efficiency",
+              *PHASE_KINDS, "barriers"]
+    table = []
+    with blas_threads(1):
+        for B in batch_sizes:
+            x = rng.standard_normal((B, 3, model.config.img_size, model.config.img_size), dtype=np.float32)
+            fast.time_tasks(x, model.params, P, 1)  # warm up
+            records = task_times(x, model, workers, repeats)
+            one = sum(sum(s) for _, s in records[1])  # W=1's plan on 1 worker: the 1-thread time
+            for W in workers:
+                plan = fast.plan(B, N, C, T, H, W, 3 * P * P)
+                tiles = plan.phases(len(model.params["blocks"]))
+                by_kind = {k: [0.0, 0.0] for k in PHASE_KINDS}  # predicted seconds, of which GIL-bound
+                for (name, seconds), (_, phase_tiles) in zip(records[W], tiles):
+                    scheduled = fast.greedy_makespan(seconds, W)
+                    gil = per_call * sum(fast.numpy_calls(name, tile, plan.shape) for tile in phase_tiles)
+                    by_kind[name][0] += max(scheduled, gil)
+                    by_kind[name][1] += gil if gil > scheduled else 0.0
+                barriers = (len(tiles) - 1) * per_barrier * W / 2 if W > 1 else 0.0
+                makespan = sum(v[0] for v in by_kind.values()) + barriers
+                efficiency = one / (W * makespan)
+                counts = plan.counts()
+                results.append(dict(batch=B, workers=W, tasks=counts, one_thread_s=one, predicted_s=makespan,
+                                    efficiency=efficiency, barrier_s=barriers,
+                                    phase_s={k: v[0] for k, v in by_kind.items()},
+                                    gil_bound_s={k: v[1] for k, v in by_kind.items()}))
+                table.append([str(B), str(W), "/".join(str(counts[k]) for k in ("token", "norm", "fc1", "fc2")),
+                              f"{makespan * 1e3:.1f}", f"{B / makespan:.2f}", f"{efficiency:.0%}",
+                              *(f"{v[0] * 1e3:.1f}{'*' if v[1] > v[0] / 2 else ''}" for v in by_kind.values()),
+                              f"{barriers * 1e3:.1f}"])
+    print(fmt_table(header, table, markdown))
+    return results
 
 
 def measure_process(argv):
@@ -186,9 +341,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="mixer_b16_224", help="timm architecture (default mixer_b16_224)")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
+    parser.add_argument("--threads", default=str(os.cpu_count() or 1),
+                        help="comma-separated thread counts, each framework gets the same (default: all cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per framework and batch size (default 5)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
+    parser.add_argument("--phases", action="store_true",
+                        help="instead of timing frameworks: the phase model of numpy_mixer.fast (1-thread task "
+                             "times, greedy schedule) for W = --phase-workers")
+    parser.add_argument("--phase-workers", default="2,4,8,16", help="worker counts for --phases (default 2,4,8,16)")
+    parser.add_argument("--phase-repeats", type=int, default=3, help="each task's best of this many (default 3)")
     parser.add_argument("--tiny", action="store_true", help="a 2-block mixer_s32_224, batches 1 and 2, 1 repeat (CI)")
-    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the whole-process measurements")
     args = parser.parse_args(argv)
     changes = {}
@@ -197,40 +360,47 @@ def main(argv=None):
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     config = config_for(args.arch, **changes)
     state = random_state_dict(config, seed=0)
-    model = MlpMixer(state, source=args.arch)
+    model = MlpMixer(state, source=args.arch + (" (2 blocks)" if args.tiny else ""))
+    rng = np.random.default_rng(0)
+    if args.phases:
+        workers = [int(w) for w in args.phase_workers.split(",")]
+        results = phase_model(model, batch_sizes, [1] + [w for w in workers if w != 1], rng, args.markdown,
+                              1 if args.tiny else args.phase_repeats)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return 0
+
+    counts, skipped = thread_counts(args.threads)
+    if skipped:
+        print(f"note: skipping --threads {','.join(map(str, skipped))}: this machine has {os.cpu_count()} cores")
+    if not counts:
+        return 0
     flops = model_flops(config)
     torch_run, torch_model = torch_runner(args.arch, state, config)
-    rng = np.random.default_rng(0)
+    torch = optional("torch")
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rows, tables = [], []
 
     with tempfile.TemporaryDirectory() as folder:
-        ort_run = onnx_runner(torch_model, config.img_size, folder) if torch_run else None
-        runners = {"numpy_mixer": lambda x: model(x)}
-        if torch_run:
-            runners["PyTorch"] = torch_run
-        if ort_run:
-            runners["ONNX Runtime"] = ort_run
-        # numpy_mixer and the roofline get THREADS BLAS threads too (the fast path runs one worker per BLAS
-        # thread), so the comparison is fair on machines with more cores
-        threadpoolctl = optional("threadpoolctl")
-        same_threads = threadpoolctl.threadpool_limits(THREADS, user_api="blas") if threadpoolctl else \
-            contextlib.nullcontext()
-        with same_threads:
-            roofline = matmul_gflops()
-            speed = {}
+        onnx_path = onnx_export(torch_model, config.img_size, folder) if torch_run else None
+        for threads in counts:
+            runners = {"numpy_mixer": lambda x: model(x)}
+            if torch_run:
+                torch.set_num_threads(threads)
+                runners["PyTorch"] = torch_run
+            if onnx_path:
+                runners["ONNX Runtime"] = onnx_runner(onnx_path, threads)
+            with blas_threads(threads):  # numpy_mixer runs one worker per BLAS thread
+                ceiling = matmul_gflops()
+                speed = time_frameworks(runners, batch_sizes, args.repeats, config.img_size, rng)
+                ceiling = max(ceiling, matmul_gflops())  # once before, once after: the better of the two
+            keys = {"numpy_mixer": "numpy_mixer", "PyTorch": "pytorch", "ONNX Runtime": "onnxruntime"}
             for B in batch_sizes:
-                x = rng.standard_normal((B, 3, config.img_size, config.img_size), dtype=np.float32)
-                times = {name: [] for name in runners}
-                for name, run in runners.items():  # warm up: first-call allocations, lazy init
-                    run(x)
-                for _ in range(args.repeats):
-                    for name, run in runners.items():
-                        time.sleep(PAUSE)
-                        start = time.perf_counter()
-                        run(x)
-                        times[name].append(time.perf_counter() - start)
-                speed[B] = {name: B / statistics.median(t) for name, t in times.items()}
-            roofline = max(roofline, matmul_gflops())  # once before, once after: the better of the two
+                rows.append(dict(threads=threads, batch=B, ceiling_gflops=round(ceiling, 1),
+                                 **{key: (round(speed[B][name], 3) if name in speed[B] else None)
+                                    for name, key in keys.items()}))
+            tables.append((threads, list(runners), speed, ceiling))
 
         cold = {}
         if not args.no_cold_start:
@@ -242,8 +412,11 @@ def main(argv=None):
             if torch_run:
                 script = os.path.join(folder, "timm_predict.py")
                 with open(script, "w") as f:
-                    f.write(TIMM_SCRIPT.format(create=timm_create(args.arch, config), threads=THREADS))
+                    f.write(TIMM_SCRIPT.format(create=timm_create(args.arch, config), threads=counts[-1]))
                 commands["PyTorch"] = [sys.executable, script, photo, weights]
+            env_threads = str(counts[-1])
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[var] = env_threads  # the numpy-mixer process: as many threads as the last table
             for argv_ in commands.values():  # once untimed: the file into the page cache, .pyc written
                 measure_process(argv_)
             runs = {name: [] for name in commands}
@@ -254,36 +427,41 @@ def main(argv=None):
                     for name, rs in runs.items()}
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    names = list(runners)
-    header = ["", *names] + [f"numpy_mixer / {n}" for n in names[1:]]
-    rows = []
-    for B in batch_sizes:
-        row = [f"batch {B}: img/s (% roofline)"]
-        for n in names:
-            ips = speed[B][n]
-            row.append(f"{ips:.2f} ({100 * ips * flops / 1e9 / roofline:.0f}%)")
-        row += [f"{speed[B]['numpy_mixer'] / speed[B][n]:.2f}x" for n in names[1:]]
-        rows.append(row)
-    if cold:
-        for label, i, unit in [("cold start, 1 photo (s)", 0, "{:.2f}"), ("peak memory (MB)", 1, "{:.0f}")]:
-            row = [label] + [unit.format(cold[n][i]) if n in cold else "-" for n in names]
-            row += [f"{cold['numpy_mixer'][i] / cold[n][i]:.2f}x" if n in cold else "-" for n in names[1:]]
-            rows.append(row)
     versions = [f"numpy {np.__version__}"]
     for mod in ("torch", "onnxruntime"):
         m = sys.modules.get(mod)
         if m is not None:
             versions.append(f"{mod} {m.__version__}")
     print(f"{args.arch}{' (2 blocks)' if args.tiny else ''}: {flops / 1e9:.2f} GFLOP/image; "
-          f"roofline {roofline:.0f} GFLOP/s = {roofline * 1e9 / flops:.2f} img/s (2048^2 float32 matmul); "
           f"{os.cpu_count()} x {cpu_name()}; {blas_info()}; {', '.join(versions)}; "
-          f"{THREADS} threads; load average {load_start:.1f} -> {load_end:.1f}")
-    print(fmt_table(header, rows, args.markdown))
+          f"load average {load_start:.1f} -> {load_end:.1f}")
+    for threads, names, speed, ceiling in tables:
+        print(f"\n{threads} thread{'s' if threads > 1 else ''}: matmul ceiling {ceiling:.0f} GFLOP/s = "
+              f"{ceiling * 1e9 / flops:.2f} img/s (2048^2 float32 matmul, {threads} BLAS "
+              f"thread{'s' if threads > 1 else ''})")
+        header = ["", *names] + [f"numpy_mixer / {n}" for n in names[1:]]
+        table = []
+        for B in batch_sizes:
+            row = [f"batch {B}: img/s (% ceiling)"]
+            for n in names:
+                ips = speed[B][n]
+                row.append(f"{ips:.2f} ({100 * ips * flops / 1e9 / ceiling:.0f}%)")
+            row += [f"{speed[B]['numpy_mixer'] / speed[B][n]:.2f}x" for n in names[1:]]
+            table.append(row)
+        if cold and threads == counts[-1]:
+            for label, i, unit in [("cold start, 1 photo (s)", 0, "{:.2f}"), ("peak memory (MB)", 1, "{:.0f}")]:
+                row = [label] + [unit.format(cold[n][i]) if n in cold else "-" for n in names]
+                row += [f"{cold['numpy_mixer'][i] / cold[n][i]:.2f}x" if n in cold else "-" for n in names[1:]]
+                table.append(row)
+        print(fmt_table(header, table, args.markdown))
     if not torch_run:
         print("(torch/timm not installed: NumPy figures alone)")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"note: {var}={os.environ[var]} is set; it can slow OpenBLAS down")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return 0
 
 

@@ -2,33 +2,44 @@
 
 Same weights (the nested params of numpy_mixer.model, PyTorch layout, memory-mapped, never copied),
 same answers as the readable layers in numpy_mixer.layers (tests/test_fast.py holds the two together).
-What makes it fast (benchmarks/bench.py measures the result; the profile is in the README):
+What makes it fast (benchmarks/bench.py measures the result; the README has the figures):
 
 - matmuls over many images at once, with no transposed copies: the residual stream is kept
   token-major, [N, B, C], so token mixing is `fc1.weight @ y`, [T, N] @ [N, B*C], and channel mixing
-  `y @ fc1.weight.T`, [N*B, C] @ [C, H], the transpose a free BLAS flag; both in large tiles of columns
-  or rows (TOKEN_COLS, CHANNEL_ROWS).
-- both cores for everything: W worker threads (W = the BLAS thread count, so OMP_NUM_THREADS /
+  `y @ fc1.weight.T`, [N*B, C] @ [C, H], the transpose a free BLAS flag.
+- every core for everything: W worker threads (W = the BLAS thread count, so OMP_NUM_THREADS /
   OPENBLAS_NUM_THREADS apply) each run single-threaded BLAS, so the elementwise NumPy work between
   the matmuls (GELU, LayerNorm, biases) is spread over the cores too; NumPy releases the GIL in both.
-- the channel MLP split by hidden units as well as rows: a task takes a slice of fc1's rows and fc2's
-  columns for a chunk of CHANNEL_ROWS rows, so each weight is read once per chunk (once per block up
-  to 4 images), however many workers there are.
-- tasks handed out as workers ask for them, so a slow or busy core holds nobody up; the result is
-  the same bits however they are shared out, and for any number of workers (with threadpoolctl, which
-  keeps BLAS single-threaded in each; without it, one worker lets BLAS thread the matmuls).
-- in place (out=) in reused buffers; GELU and LayerNorm in cache-sized pieces.
-- LayerNorm in few passes, the row sums as matrix-vector products.
-- GELU in one branch-free form, as accurate as layers.gelu in a third of the passes; see gelu_.
+- work sized from W and B (see Plan): the matmul phases have TASKS_PER_WORKER tasks per worker or
+  more at every batch size, batch 1 included, in task counts that fill whole rounds of W. The
+  channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
+  a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
+  also split by rows, in near-square tiles (the least data each task packs) of at most TILE_ELEMS
+  outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
+  after another, so each weight is read from memory about once per band (once per block up to
+  batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
+- tasks handed out as workers ask for them, so a slow or busy core holds nobody up; every value is
+  computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
+  dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result
+  is the same bits for any W and however the tasks are shared (with threadpoolctl, which keeps BLAS
+  single-threaded in each; without it, one worker lets BLAS thread the matmuls).
+- in place (out=) in reused buffers; GELU in cache-sized pieces, in one branch-free form, as
+  accurate as layers.gelu in a third of the passes; see gelu_.
+
+A block runs in five phases, with a barrier after each: token mixing (tiles of the B*C columns),
+norm2 (tiles of rows), fc1 + GELU, fc2 + residual, and the next LayerNorm (norm1 of the next block,
+or the final norm). plan() sizes them; time_tasks() times each task single-threaded, so that
+benchmarks/bench.py --phases can predict the schedule for any W on a small machine.
 
 Dimension legend as in numpy_mixer.layers: B batch, N tokens, C channels, T token-MLP width,
 H channel-MLP width, K classes, P patch size, R rows in a tile, Q columns in a tile, Hs hidden
-units in a slice.
+units in a slice, Cs output channels in a slice, W workers.
 """
 import contextlib
 import math
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,11 +47,19 @@ import numpy as np
 from . import layers
 
 _F32 = np.float32
-CHANNEL_ROWS = 784  # rows of [N*B, C] per channel-MLP matmul (all of them up to batch 4 at 196 tokens)
-CHANNEL_UNITS = 768  # hidden units per channel-MLP task (4 slices of H = 3072 for b16)
-TOKEN_COLS, TOKEN_COLS_MIN = 1536, 128  # columns of [N, B*C] per token-MLP task: B*C / TOKEN_TASKS within these
-TOKEN_TASKS = 4
-LN_ROWS = 128  # rows per LayerNorm step, to stay in cache
+TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases: slack for a busy core, few GIL rounds
+NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
+CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
+TILE_ELEMS = 1 << 20  # outputs per matmul task at most (4 MB); measured on 1 core, 2^16-2^18 were 10-20% slower
+NORM_ROWS = 128  # at most this many rows per LayerNorm task: its buffers stay in cache
+NORM_MIN_ROWS = 16  # at least this many: a LayerNorm task is 12 NumPy calls, each ~0.8 us of Python
+QUANTUM = 8  # columns, hidden units and channels are split in multiples of 8 (a SIMD width) ...
+MIN_COLS = 16  # ... and at least 16 per task (thinner matmuls run far below the BLAS peak)
+MIN_ROWS = 2  # never 1 row: NumPy/OpenBLAS would switch to a matrix-vector product, with other bits
+# every matmul tile does more than this many multiply-adds: OpenBLAS (SkylakeX and others) runs
+# matmuls of M*N*K <= 100^3 in "small matrix" kernels that round differently, so smaller tiles would
+# make the bits depend on the split (and the split on W). 2^21 leaves a margin.
+MIN_TILE_MACS = 1 << 21
 GELU_PIECE = 1 << 16  # elements per GELU step: its work buffers stay in cache
 
 try:  # threadpoolctl lets the workers run single-threaded BLAS side by side
@@ -68,20 +87,26 @@ _GELU_R = [np.float32(c) for c in (0.005951978266239166, 0.22606517374515533, 3.
 
 
 def gelu_(h, scratch):
-    """Exact GELU in place on a contiguous float32 array, as torch.nn.GELU(). [...] -> [...]
+    """Exact GELU in place, as torch.nn.GELU(), on a contiguous float32 array or on a 2-D one whose
+    rows are contiguous (a tile of a wider array). [...] -> [...]
 
-    In pieces of GELU_PIECE elements, so that the four work buffers stay in cache between passes.
+    In pieces of about GELU_PIECE elements, so that the four work buffers stay in cache between passes.
     """
-    flat = h.reshape(-1)  # a view: writing it writes h
-    piece = min(flat.size, GELU_PIECE)
-    buffers = [scratch.get(name, (piece,)) for name in ("a", "e", "w", "r")]
-    zeros = scratch.zeros((piece,))
+    if h.flags.c_contiguous:
+        flat = h.reshape(-1)  # a view: writing it writes h
+        step = min(flat.size, GELU_PIECE)
+        pieces = [flat[i:i + step] for i in range(0, flat.size, step)]
+    else:  # whole rows at a time
+        step = max(1, GELU_PIECE // h.shape[1])
+        pieces = [h[i:i + step] for i in range(0, h.shape[0], step)]
+    size = pieces[0].size if pieces else 0
+    buffers = [scratch.get(name, (size,)) for name in ("a", "e", "w", "r")]
+    zeros = scratch.zeros((size,))
     # huge |x|: x^2 = inf, exp(-inf) = 0, as wanted; x = +-inf: 0 * inf = NaN, as torch's gelu(inf) is not
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        for start in range(0, flat.size, piece):
-            x = flat[start:start + piece]
-            a, e, w, r = (b[:x.size] for b in buffers)
-            _gelu_piece(x, a, e, w, r, zeros[:x.size])
+        for x in pieces:
+            a, e, w, r, z = (b[:x.size].reshape(x.shape) for b in buffers + [zeros])
+            _gelu_piece(x, a, e, w, r, z)
     return h
 
 
@@ -135,18 +160,23 @@ class _Scratch:
         return buf[:size].reshape(shape)
 
 
-# --- layers on slices of the residual stream ---------------------------------------------------------
+# --- layers on tiles of the residual stream ------------------------------------------------------------
 
 def layer_norm_rows(x, weight, bias, out, scratch, eps=1e-6):
-    """LayerNorm of each row, as layers.layer_norm (biased variance, eps 1e-6). [R, C] -> out [R, C]"""
+    """LayerNorm of each row, as layers.layer_norm (biased variance, eps 1e-6). [R, C] -> out [R, C]
+
+    The row sums are np.add.reduce along each row: the same bits for a row whatever tile holds it.
+    """
     R, C = x.shape
-    mean_w = scratch.get("mean_w", (C,))
-    mean_w.fill(_F32(1 / C))
-    mean = x @ mean_w  # [R]: row sums as one matrix-vector product
+    mean = scratch.get("mean", (R,))
+    np.add.reduce(x, axis=1, out=mean)
+    mean *= _F32(1 / C)  # [R]
     np.subtract(x, mean[:, None], out=out)  # [R, C] centred
     sq = scratch.get("sq", (R, C))
     np.multiply(out, out, out=sq)
-    var = sq @ mean_w  # [R], biased as torch
+    var = scratch.get("var", (R,))
+    np.add.reduce(sq, axis=1, out=var)
+    var *= _F32(1 / C)  # [R], biased as torch
     var += _F32(eps)
     np.sqrt(var, out=var)
     np.divide(_F32(1), var, out=var)  # [R] 1 / std
@@ -175,20 +205,107 @@ def token_mixing_columns(x, y, mlp_tokens, scratch):
     x += o
 
 
-def channel_mixing_part(y, mlp_channels, units, out, scratch):
-    """One share of the hidden units of the channel MLP, without fc2's bias: the shares sum to
-    fc2(GELU(fc1(y))) - fc2.bias. [R, C] -> out [R, C]
+def channel_fc1_tile(y, fc1, units, out):
+    """GELU(fc1(y)) for hidden units h0:h1 of H: rows h0:h1 of fc1.weight (a slice, not a copy). [R, C] -> out [R, Hs]
 
-    units = (h0, h1): hidden units h0:h1 of H, i.e. rows h0:h1 of fc1.weight and columns h0:h1 of
-    fc2.weight (slices, not copies). Split this way, each task reads only its slice of the weights.
+    out: the tile of the [N*B, H] hidden activations (rows contiguous), written in place.
     """
-    fc1, fc2 = mlp_channels["fc1"], mlp_channels["fc2"]
     h0, h1 = units
-    h = scratch.get("h", (y.shape[0], h1 - h0))
-    np.matmul(y, fc1["weight"][h0:h1].T, out=h)  # [R, C] @ [C, Hs] -> [R, Hs]; .T is a BLAS flag, not a copy
-    h += fc1["bias"][h0:h1]
-    gelu_(h, scratch)
-    np.matmul(h, fc2["weight"][:, h0:h1].T, out=out)  # [R, Hs] @ [Hs, C] -> [R, C]: a share of the sum over H
+    np.matmul(y, fc1["weight"][h0:h1].T, out=out)  # [R, C] @ [C, Hs] -> [R, Hs]; .T is a BLAS flag, not a copy
+    out += fc1["bias"][h0:h1]
+    gelu_(out, _scratch())
+
+
+def channel_fc2_tile(h, fc2, channels, x, scratch):
+    """x += fc2(h) for output channels c0:c1: rows c0:c1 of fc2.weight, the whole sum over H. [R, H] -> x [R, Cs]"""
+    c0, c1 = channels
+    o = scratch.get("o", (h.shape[0], c1 - c0))
+    np.matmul(h, fc2["weight"][c0:c1].T, out=o)  # [R, H] @ [H, Cs] -> [R, Cs]
+    o += fc2["bias"][c0:c1]
+    x += o
+
+
+# --- the plan: tasks per phase, from the shapes and the worker count ----------------------------------
+
+def _split(n, parts, quantum=1, least=1):
+    """(start, stop) ranges cutting range(n) into at most `parts` near-equal pieces, cut at multiples
+    of quantum, none shorter than least (fewer pieces if need be; one piece if n < least)."""
+    units = -(-n // quantum)
+    for parts in range(max(1, min(parts, units)), 0, -1):
+        cuts = [min(n, (i * units // parts) * quantum) for i in range(parts + 1)]
+        tiles = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        if min(b - a for a, b in tiles) >= least:
+            return tiles
+    return [(0, n)]
+
+
+def _grid(rows, cols, inner, tasks):
+    """Tiles ((r0, r1), (c0, c1)) of a [rows, cols] = [rows, inner] @ [inner, cols] output, in hand-out order.
+
+    Rows in bands of at most CHANNEL_ROWS; in each band, near-square tiles (the least data packed per
+    task) of at most TILE_ELEMS outputs, and enough of them for `tasks` over all bands; none below
+    MIN_TILE_MACS. Hand-out order: band by band, and in a band, column slice by column slice, so that
+    the tasks reading one weight slice run side by side (each weight read once per band).
+    """
+    bands = _split(rows, -(-rows // CHANNEL_ROWS))
+    band = min(b - a for a, b in bands)
+    want = max(-(-tasks * band // rows), -(-band * cols // TILE_ELEMS))  # tiles per band
+    square = math.sqrt(want * band / cols)  # r row splits x want/r column splits, rows/r ~ cols/(want/r)
+    # a row split that divides `want`, so that the tiles fill whole rounds of workers (33 tasks on 16
+    # workers take three rounds, 32 take two), at most square: taller tiles ran faster than square ones
+    # (b16, batch 1, 32 tasks on 1 core: fc2 in 98 x 48 tiles 88 GFLOP/s, in 49 x 96 tiles 77)
+    fits = [r for r in range(1, min(want, band // MIN_ROWS) + 1) if want % r == 0] or [1]
+    row_splits = max([r for r in fits if r <= square] or fits[:1])
+    tiles = []
+    for b0, b1 in bands:
+        row_tiles = [(b0 + a, b0 + b) for a, b in _split(b1 - b0, row_splits, 1, MIN_ROWS)]
+        shortest = min(b - a for a, b in row_tiles)
+        least_cols = max(MIN_COLS, -(-MIN_TILE_MACS // (shortest * inner)))
+        col_tiles = _split(cols, want // row_splits, QUANTUM, least_cols)
+        tiles += [(r, c) for c in col_tiles for r in row_tiles]
+    return tiles
+
+
+class Plan:
+    """The tasks of every phase for a batch B of a model (N, C, T, H) on W workers.
+
+    stem:  row tiles (the patch matmul, its bias, then norm1 of block 0),
+    token: column tiles of [N, B*C],
+    norm:  row tiles of [N*B, C] (norm2, and norm1 of the next block or the final norm),
+    fc1:   ((r0, r1), (h0, h1)) tiles of the hidden [N*B, H],
+    fc2:   ((r0, r1), (c0, c1)) tiles of the output [N*B, C].
+    """
+
+    def __init__(self, B, N, C, T, H, W, patch_inputs):
+        rows = N * B
+        self.shape, self.workers = dict(B=B, N=N, C=C, T=T, H=H), W
+        whole_rounds = lambda n: -(-n // W) * W  # noqa: E731 (n tasks rounded up to fill whole rounds of W)
+        self.norm = _split(rows, whole_rounds(max(-(-rows // NORM_ROWS), NORM_TASKS_PER_WORKER * W)), 1,
+                           NORM_MIN_ROWS)
+        self.stem = _split(rows, len(self.norm), 1, max(MIN_ROWS, -(-MIN_TILE_MACS // (C * patch_inputs))))
+        cols = B * C
+        token_splits = whole_rounds(max(-(-cols * T // TILE_ELEMS), TASKS_PER_WORKER * W))
+        self.token = _split(cols, token_splits, QUANTUM, max(MIN_COLS, -(-MIN_TILE_MACS // (N * T))))
+        self.fc1 = _grid(rows, H, C, TASKS_PER_WORKER * W)
+        self.fc2 = _grid(rows, C, H, TASKS_PER_WORKER * W)
+
+    def phases(self, depth):
+        """(phase name, tasks) in the order they run, barriers between them."""
+        out = [("stem+norm", self.stem)]
+        for _ in range(depth):
+            out += [("token", self.token), ("norm", self.norm), ("fc1", self.fc1), ("fc2", self.fc2),
+                    ("norm", self.norm)]
+        return out
+
+    def counts(self):
+        """Tasks per phase: {name: count}."""
+        return {"token": len(self.token), "norm": len(self.norm), "fc1": len(self.fc1), "fc2": len(self.fc2)}
+
+
+def plan(B, N, C, T, H, W, patch_inputs=768):
+    """The Plan for batch B of a model with N tokens, C channels, T and H hidden widths, on W workers
+    (patch_inputs: 3 P^2 values per patch, the stem's inner dimension)."""
+    return Plan(B, N, C, T, H, W, patch_inputs)
 
 
 # --- the whole model ----------------------------------------------------------------------------------
@@ -200,11 +317,6 @@ def _plain(params):
     if isinstance(params, list):
         return [_plain(v) for v in params]
     return np.asarray(params)
-
-
-def _tiles(n, size):
-    """(start, stop) ranges of at most size covering range(n)."""
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _blas():
@@ -226,82 +338,121 @@ def num_workers():
     return max(1, min(threads, os.cpu_count() or 1))
 
 
+def model_shape(params, patch_size, image_size):
+    """(N, C, T, H) of a params tree for square images of image_size pixels."""
+    blocks = params["blocks"]
+    C = params["stem"]["proj"]["weight"].shape[0]
+    N = (image_size // patch_size) ** 2
+    T = blocks[0]["mlp_tokens"]["fc1"]["weight"].shape[0] if blocks else 0
+    H = blocks[0]["mlp_channels"]["fc1"]["weight"].shape[0] if blocks else 0
+    return N, C, T, H
+
+
 def forward_features(x, params, patch_size=16, workers=None):
     """Image to normalised tokens, as layers.forward_features. [B, 3, H, W] -> [B, N, C] float32
 
     The residual stream is kept token-major, [N, B, C] (rows n*B + b), so that token mixing is a
-    [T, N] @ [N, B*C] matmul over the whole batch, and channel mixing an [N*B, C] @ [C, H] one. Every
-    block runs in four phases, each split into tasks, separated by barriers:
-      token mixing:    tiles of the B*C columns,
-      norm2:           tiles of the rows,
-      channel MLP:     (chunk of rows, slice of CHANNEL_UNITS hidden units): the slice's share
-                       of the sum over H, into a [N*B, C] buffer of partial sums per slice,
-      residual, next norm: tiles of the rows, adding up the partial sums in slice order.
-    Tasks go to whichever worker asks first, so a worker on a busy or slower core takes fewer of
-    them instead of keeping the others waiting at the barrier. The tasks do not depend on which
-    worker runs them, nor on W: the result is the same, bit for bit, however they are shared out
-    (BLAS single-threaded in each worker: with threadpoolctl).
+    [T, N] @ [N, B*C] matmul over the whole batch, and channel mixing an [N*B, C] @ [C, H] one. The
+    phases and their tasks are those of plan(B, N, C, T, H, W); tasks go to whichever worker asks
+    first. Every value is computed by the same operations whatever tile and worker it falls in: the
+    result is the same, bit for bit, for any W (BLAS single-threaded in each worker: threadpoolctl).
     """
+    with _run_lock:
+        W = workers or num_workers()  # read inside the lock: not the 1 of another call's BLAS limit
+        return _forward(x, params, patch_size, W, W, None)
+
+
+def time_tasks(x, params, patch_size=16, plan_workers=1):
+    """One forward pass on one worker with the plan for plan_workers, timing every task (thread CPU time).
+
+    Returns (tokens [B, N, C], [(phase name, [seconds of each task, in hand-out order]), ...]).
+    """
+    with _run_lock:
+        record = []
+        return _forward(x, params, patch_size, 1, plan_workers, record), record
+
+
+def _forward(x, params, patch_size, W, plan_workers, record):
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
     p = _plain(params)
     B, _, height, width = x.shape
     P = patch_size
     N = (height // P) * (width // P)
-    weight = p["stem"]["proj"]["weight"]  # [C, 3, P, P]
-    C = weight.shape[0]
     blocks = p["blocks"]
-    H = blocks[0]["mlp_channels"]["fc1"]["weight"].shape[0] if blocks else 0
+    _, C, T, H = model_shape(p, P, P)
+    tasks = plan(B, N, C, T, H, plan_workers, x.shape[1] * P * P)
     # the stem conv as one matmul, on the tiles of layers.patchify, token-major: [N*B, 3*P*P]
     patches = layers.patchify(x, P).transpose(1, 0, 2).reshape(N * B, -1)
-    stem_w = weight.reshape(C, -1)  # [C, 3*P*P], a view
+    stem_w = p["stem"]["proj"]["weight"].reshape(C, -1)  # [C, 3*P*P], a view
     tokens = np.empty((N, B, C), _F32)  # the residual stream, token-major
     normed = np.empty((N, B, C), _F32)  # LayerNorm of it: norm1, norm2 or the final norm
+    hidden = np.empty((N * B, H), _F32)  # GELU(fc1(norm2(x))) of the channel MLP
     rows, normed_rows = tokens.reshape(N * B, C), normed.reshape(N * B, C)  # [N*B, C] views
     cols, normed_cols = tokens.reshape(N, B * C), normed.reshape(N, B * C)  # [N, B*C] views
-    # the tasks of each phase (their sizes depend on the shapes only)
-    row_tiles = _tiles(N * B, LN_ROWS)
-    col_tiles = _tiles(B * C, min(TOKEN_COLS, max(TOKEN_COLS_MIN, -(-B * C // TOKEN_TASKS))))
-    units = _tiles(H, CHANNEL_UNITS)
-    channel_tasks = [(rows_, u) for rows_ in _tiles(N * B, CHANNEL_ROWS) for u in range(len(units))]
-    parts = np.empty((len(units), N * B, C), _F32)  # parts[u]: what hidden units units[u] add to each row
-    # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
-    queues = [iter(row_tiles)] + [iter(tasks) for _ in blocks
-                                  for tasks in (col_tiles, row_tiles, channel_tasks, row_tiles)]
 
     def next_norm(i):
         return blocks[i]["norm1"] if i < len(blocks) else p["norm"]
 
-    def work(barrier):
-        scratch = _scratch()
-        queue = iter(queues)
-        n = next_norm(0)
-        for r0, r1 in next(queue):  # stem, then norm1 of block 0
+    def stem(n):
+        def task(tile, scratch):
+            r0, r1 = tile
             np.matmul(patches[r0:r1], stem_w.T, out=rows[r0:r1])  # [R, 3*P*P] @ [3*P*P, C] -> [R, C]
             rows[r0:r1] += p["stem"]["proj"]["bias"]
             layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
-        for i, block in enumerate(blocks):
-            barrier.wait()
-            for c0, c1 in next(queue):  # token mixing
-                token_mixing_columns(cols[:, c0:c1], normed_cols[:, c0:c1], block["mlp_tokens"], scratch)
-            barrier.wait()
-            n = block["norm2"]
-            for r0, r1 in next(queue):  # norm2
-                layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
-            barrier.wait()
-            for (r0, r1), u in next(queue):  # the channel MLP, a slice of hidden units at a time
-                channel_mixing_part(normed_rows[r0:r1], block["mlp_channels"], units[u], parts[u, r0:r1], scratch)
-            barrier.wait()
-            n = next_norm(i + 1)
-            for r0, r1 in next(queue):  # the residual: add up the partial sums; then the next LayerNorm
-                x_ = rows[r0:r1]
-                x_ += block["mlp_channels"]["fc2"]["bias"]
-                for part in parts[:, r0:r1]:
-                    x_ += part
-                layer_norm_rows(x_, n["weight"], n["bias"], normed_rows[r0:r1], scratch)
+        return task
 
-    with _run_lock:
-        _run(work, workers or num_workers())  # read inside the lock: not the 1 of another call's BLAS limit
+    def token(block):
+        def task(tile, scratch):
+            c0, c1 = tile
+            token_mixing_columns(cols[:, c0:c1], normed_cols[:, c0:c1], block["mlp_tokens"], scratch)
+        return task
+
+    def norm(n):
+        def task(tile, scratch):
+            r0, r1 = tile
+            layer_norm_rows(rows[r0:r1], n["weight"], n["bias"], normed_rows[r0:r1], scratch)
+        return task
+
+    def fc1(block):
+        def task(tile, scratch):
+            (r0, r1), (h0, h1) = tile
+            channel_fc1_tile(normed_rows[r0:r1], block["mlp_channels"]["fc1"], (h0, h1), hidden[r0:r1, h0:h1])
+        return task
+
+    def fc2(block):
+        def task(tile, scratch):
+            (r0, r1), (c0, c1) = tile
+            channel_fc2_tile(hidden[r0:r1], block["mlp_channels"]["fc2"], (c0, c1), rows[r0:r1, c0:c1], scratch)
+        return task
+
+    run_fns = [stem(next_norm(0))]
+    for i, block in enumerate(blocks):
+        run_fns += [token(block), norm(block["norm2"]), fc1(block), fc2(block), norm(next_norm(i + 1))]
+    phases = [(name, tiles, fn) for (name, tiles), fn in zip(tasks.phases(len(blocks)), run_fns)]
+    # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
+    queues = [iter(tiles) for _, tiles, _ in phases]
+
+    def work(barrier):
+        scratch = _scratch()
+        for i, ((_, _, fn), queue) in enumerate(zip(phases, queues)):
+            if i:
+                barrier.wait()
+            for tile in queue:
+                fn(tile, scratch)
+
+    if record is not None:  # one worker, each task timed
+        def work(barrier):  # noqa: F811 (the timed twin of the loop above)
+            scratch = _scratch()
+            for name, tiles, fn in phases:
+                seconds = []
+                for tile in tiles:
+                    start = time.thread_time()  # CPU time of this thread: what the task costs, not what
+                    fn(tile, scratch)  # other processes on a busy machine took from it meanwhile
+                    seconds.append(time.thread_time() - start)
+                record.append((name, seconds))
+
+    _run(work, W)
     return np.ascontiguousarray(normed.transpose(1, 0, 2))  # [N, B, C] -> [B, N, C]
 
 
@@ -351,3 +502,35 @@ def _run_workers(work, W):
 class _NoBarrier:
     def wait(self):
         pass
+
+
+def numpy_calls(phase, tile, shape):
+    """NumPy calls one task of a phase makes (counted from the functions above, for the phase model's
+    estimate of the Python time, which holds the GIL). tile: one of the Plan's tiles; shape: Plan.shape."""
+    def gelu(n):
+        return 20 * -(-n // GELU_PIECE)  # _gelu_piece's ufunc calls, per piece
+
+    if phase == "norm":
+        return 12  # layer_norm_rows
+    if phase == "stem+norm":
+        return 2 + 12
+    if phase == "token":
+        c0, c1 = tile
+        return 5 + gelu(shape["T"] * (c1 - c0))
+    if phase == "fc1":
+        (r0, r1), (h0, h1) = tile
+        return 3 + gelu((r1 - r0) * (h1 - h0))
+    if phase == "fc2":
+        return 3
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+# --- the phase model: a greedy schedule of measured task times ----------------------------------------
+
+def greedy_makespan(seconds, W):
+    """Finish time of tasks handed out in order, each to the worker free first (list scheduling)."""
+    free = [0.0] * W
+    for s in seconds:
+        i = free.index(min(free))
+        free[i] += s
+    return max(free)

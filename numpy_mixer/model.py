@@ -85,7 +85,11 @@ class MlpMixer:
         if fast and self.dtype == np.float32:
             from . import fast as fast_path
             return fast_path.forward_features(x, p, self.config.patch_size)
-        return layers.forward_features(x, p["stem"], p["blocks"], p["norm"], self.config.patch_size)
+        # one image at a time: images do not interact, and a big batch's [B, N, H] temporaries fall out of
+        # cache (per image, B=16 took twice as long as B=1); layers.py stays the plain batched maths
+        images = [x[i:i + 1] for i in range(len(x))] or [x]
+        return np.concatenate([layers.forward_features(image, p["stem"], p["blocks"], p["norm"], self.config.patch_size)
+                               for image in images])
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
                               intermediates_only=False):

@@ -4,6 +4,7 @@ Every Mixer architecture, odd and single batches, four head sizes; float32 check
 NumPy operation; the erf bound; predict / CLI batching; and one tiny run of the benchmark.
 """
 import collections
+import json
 import math
 import os
 import subprocess
@@ -55,35 +56,99 @@ def test_fast_matches_readable(arch, batch, classes):
         assert np.abs(fast_out[0] - fast_out[1]).max() > 1e-3
 
 
-def test_fast_forward_features_matches_and_is_the_same_however_the_work_is_shared(monkeypatch):
-    """Any number of workers, and a worker slowed down so that it takes fewer tasks: the same bits."""
-    model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=3), seed=1))
-    x = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
+WORKER_COUNTS = (1, 2, 3, 8, 16)  # 8 and 16 oversubscribe a 2-core machine: fine, the bits must not move
+
+
+@pytest.mark.parametrize("arch,batch", [("mixer_s16_224", 1), ("mixer_s32_224", 3), ("mixer_b16_224", 2)])
+def test_the_same_bits_for_any_worker_count(arch, batch):
+    """Run on W threads for W in WORKER_COUNTS, and every plan up to W = 64 run on one thread: one result."""
+    model = MlpMixer(random_state_dict(config_for(arch, depth=2), seed=1))
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    P = model.config.patch_size
     readable = model.forward_features(x, fast=False)
-    reference = fast.forward_features(x, model.params, model.config.patch_size, workers=1)
-    assert reference.dtype == np.float32 and reference.shape == (3, 196, 512)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    assert reference.dtype == np.float32 and reference.shape == readable.shape
     assert rel_err(reference, readable) < 1e-5
-    for workers in (2, 3):
-        tokens = fast.forward_features(x, model.params, model.config.patch_size, workers=workers)
+    N, C, T, H = fast.model_shape(model.params, P, 224)
+    plans = set()
+    for workers in WORKER_COUNTS:
+        tokens = fast.forward_features(x, model.params, P, workers=workers)
         np.testing.assert_array_equal(tokens, reference, err_msg=f"{workers} workers")
+    for workers in (2, 3, 5, 8, 16, 24, 32, 64):
+        tokens, _ = fast.time_tasks(x, model.params, P, workers)
+        np.testing.assert_array_equal(tokens, reference, err_msg=f"the plan for {workers} workers")
+        plans.add(tuple(fast.plan(batch, N, C, T, H, workers, 3 * P * P).counts().items()))
+    assert len(plans) >= 3  # the plans really differ with W: the test compares different splits
     with threadpool_limits(1, user_api="blas"):  # the default worker count follows the BLAS thread count
-        np.testing.assert_array_equal(fast.forward_features(x, model.params, model.config.patch_size), reference)
+        np.testing.assert_array_equal(fast.forward_features(x, model.params, P), reference)
 
+
+def test_the_same_bits_however_the_tasks_are_shared(monkeypatch):
+    """A worker slowed down takes fewer tasks (no fixed split) and the result does not move."""
+    model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=2), seed=1))
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    reference = fast.forward_features(x, model.params, 16, workers=1)
     taken = collections.Counter()
-    part = fast.channel_mixing_part
+    fc1 = fast.channel_fc1_tile
 
-    def slowed(*args):  # every channel-MLP task the main thread takes starts late
+    def slowed(*args):  # every fc1 task the main thread takes starts late
         main = threading.current_thread() is threading.main_thread()
         taken[main] += 1
         if main:
             time.sleep(0.05)
-        return part(*args)
+        return fc1(*args)
 
-    monkeypatch.setattr(fast, "channel_mixing_part", slowed)
-    tokens = fast.forward_features(x, model.params, model.config.patch_size, workers=2)
+    monkeypatch.setattr(fast, "channel_fc1_tile", slowed)
+    tokens = fast.forward_features(x, model.params, 16, workers=2)
     np.testing.assert_array_equal(tokens, reference)
-    # the slow main thread took fewer tasks than the helper: no fixed split, which would give it half or more
+    # the slow main thread took fewer tasks than the helper: no fixed split, which would give it half
     assert 0 < taken[True] < taken[False], taken
+
+
+def covers(tiles, shape):
+    """Each element of an array of this shape lies in exactly one tile."""
+    hits = np.zeros(shape, np.int64)
+    for tile in tiles:
+        hits[tuple(slice(a, b) for a, b in (tile if isinstance(tile[0], tuple) else (tile,)))] += 1
+    return np.all(hits == 1)
+
+
+@pytest.mark.parametrize("arch", ["mixer_s32_224", "mixer_b16_224", "mixer_l16_224"])
+def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
+    c = config_for(arch)
+    N, C, T, H = c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim
+    for B in (1, 2, 8, 32):
+        rows = N * B
+        for W in (1, 2, 4, 8, 16):
+            plan = fast.plan(B, N, C, T, H, W, 3 * c.patch_size ** 2)
+            assert covers(plan.norm, (rows,)) and covers(plan.stem, (rows,)) and covers(plan.token, (B * C,))
+            assert covers(plan.fc1, (rows, H)) and covers(plan.fc2, (rows, C))
+            # every matmul tile above OpenBLAS's small-matrix kernels (whose bits differ), or the whole matmul
+            for (r0, r1), (c0, c1) in plan.fc1:
+                assert (r1 - r0) * (c1 - c0) * C >= fast.MIN_TILE_MACS or (r1 - r0, c1 - c0) == (rows, H)
+            for (r0, r1), (c0, c1) in plan.fc2:
+                assert (r1 - r0) * (c1 - c0) * H >= fast.MIN_TILE_MACS or (r1 - r0, c1 - c0) == (rows, C)
+            for c0, c1 in plan.token:
+                assert (c1 - c0) * N * T >= fast.MIN_TILE_MACS or (c1 - c0) == B * C
+            assert min(b - a for a, b in plan.norm) >= fast.MIN_ROWS
+            # the parallel work grows with W: the channel MLP (88% of the FLOPs) has 2 tasks per worker
+            if arch == "mixer_b16_224":
+                assert len(plan.fc1) >= fast.TASKS_PER_WORKER * W and len(plan.fc2) >= fast.TASKS_PER_WORKER * W
+                assert len(plan.token) >= min(fast.TASKS_PER_WORKER * W, 24 * B)  # 24 at B=1: MIN_TILE_MACS
+            # bounded weight traffic: in each band of rows, the tasks on one weight slice are handed out
+            # together, so each slice is read about once per band, whatever W
+            bands = fast._split(rows, -(-rows // fast.CHANNEL_ROWS))
+            for tiles in (plan.fc1, plan.fc2):
+                keys = [(next(i for i, (a, b) in enumerate(bands) if a <= r0 < b), cols) for (r0, _), cols in tiles]
+                runs = sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
+                assert runs == len(set(keys)), (B, W)  # one run per (band, weight slice)
+
+
+def test_greedy_makespan():
+    assert fast.greedy_makespan([3, 1, 1, 1], 2) == 3
+    assert fast.greedy_makespan([1] * 8, 4) == 2
+    assert fast.greedy_makespan([1, 1, 4], 2) == 5  # hand-out order, not the best order: a model of the queue
+    assert fast.greedy_makespan([2, 2], 8) == 2
 
 
 class Float32Only(np.ndarray):
@@ -131,6 +196,25 @@ def test_every_operation_stays_float32(monkeypatch):
         np.multiply(x, np.float64(0.5))
     with pytest.raises(TypeError, match="float32"):
         fast.forward_features(x.view(np.ndarray).astype(np.float64), model.params, model.config.patch_size)
+
+
+def test_the_readable_path_runs_one_image_at_a_time(monkeypatch):
+    """model(x, fast=False) feeds layers.forward_features one image at a time (a big batch's temporaries
+    made it twice as slow per image at B=16), with the same answers as the batched layers."""
+    model = MlpMixer(random_state_dict(config_for("mixer_s32_224", depth=2)))
+    x = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    p = model.params
+    batched = layers.forward(x, p, model.config.patch_size)
+    seen = []
+    real = layers.forward_features
+
+    def spy(images, *args, **kwargs):
+        seen.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(layers, "forward_features", spy)
+    np.testing.assert_allclose(model(x, fast=False), batched, rtol=1e-6, atol=1e-6)
+    assert seen == [1, 1, 1]
 
 
 def test_float64_models_take_the_readable_path():
@@ -246,14 +330,48 @@ def test_cli_takes_folders_and_batch_size(small_model_file, photo_folder):
     assert len(nothing.stderr.strip().splitlines()) == 1
 
 
-def test_benchmark_tiny_prints_one_table():
-    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench.py"), "--tiny", "--markdown"],
-                            capture_output=True, text=True, timeout=300)
+def run_bench(*args):
+    return subprocess.run([sys.executable, "-W", "error", os.path.join(REPO, "benchmarks", "bench.py"), "--tiny",
+                           *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_benchmark_tiny_prints_one_table_per_thread_count(tmp_path):
+    """-W error: the benchmark's own code paths (the ONNX export included) print no warnings."""
+    too_many = (os.cpu_count() or 1) + 1
+    result = run_bench("--markdown", "--threads", f"1,2,{too_many}", "--json", tmp_path / "rows.json")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    table = [line for line in lines if line.startswith("|")]
-    assert table[0].startswith("|  | numpy_mixer | PyTorch | ONNX Runtime |"), result.stdout
-    assert any(line.startswith("| batch 1: img/s") for line in table)
+    assert "Warning" not in result.stderr, result.stderr
+    out = result.stdout
+    assert f"skipping --threads {too_many}" in out
+    headers = [line for line in out.splitlines() if line.startswith("|  |")]
+    threads = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    assert len(headers) == len(threads), out
+    assert all(h.startswith("|  | numpy_mixer | PyTorch | ONNX Runtime |") for h in headers), out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert sum(line.startswith("| batch 1: img/s (% ceiling)") for line in table) == len(threads)
     assert any(line.startswith("| cold start") for line in table)
     assert any(line.startswith("| peak memory") for line in table)
-    assert "GFLOP/image" in result.stdout and "roofline" in result.stdout
+    assert "GFLOP/image" in out and "matmul ceiling" in out and "roofline" not in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["threads"], r["batch"]) for r in rows] == [(t, b) for t in threads for b in (1, 2)]
+    for r in rows:
+        assert set(r) == {"threads", "batch", "numpy_mixer", "pytorch", "onnxruntime", "ceiling_gflops"}
+        assert all(r[k] > 0 for k in ("numpy_mixer", "pytorch", "onnxruntime", "ceiling_gflops")), r
+
+
+def test_benchmark_phase_model(tmp_path):
+    result = run_bench("--phases", "--phase-workers", "2,16", "--json", tmp_path / "phases.json")
+    assert result.returncode == 0, result.stderr
+    assert "a model, not a measurement" in result.stdout
+    rows = json.loads((tmp_path / "phases.json").read_text())
+    assert [(r["batch"], r["workers"]) for r in rows] == [(b, w) for b in (1, 2) for w in (1, 2, 16)]
+    for r in rows:
+        # the task counts printed are the planner's own (bench.py imports it from fast.py)
+        c = config_for("mixer_s32_224")
+        plan = fast.plan(r["batch"], c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, r["workers"],
+                         3 * c.patch_size ** 2)
+        assert r["tasks"] == plan.counts()
+        assert 0 < r["efficiency"] <= 1.5 and r["predicted_s"] > 0  # a model of measured times: noisy, not > 1.5
+        if r["workers"] == 1:
+            assert r["barrier_s"] == 0
