@@ -396,7 +396,8 @@ def test_a_shape_timm_has_no_name_for_saves_model_args_timm_can_build(tmp_path):
     saved = json.loads((tmp_path / "digits" / "config.json").read_text())
     assert saved["architecture"] == hub.CUSTOM_ARCHITECTURE and saved["label_names"] == [str(i) for i in range(10)]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    S = model.config.img_size  # the digits model's input size (24 since its retraining)
+    x = rng.standard_normal((4, 3, S, S)).astype(np.float32)
     timm_mixer = timm.models.MlpMixer(**saved["model_args"]).eval()
     timm_mixer.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
     with torch.no_grad():
