@@ -287,7 +287,7 @@ def digits_data(cfg, test_size=0.2, split_seed=0):
     """sklearn's digits, preprocessed exactly as a user's PNG is, with a stratified held-out split.
 
     cfg: the digits model's pretrained_cfg (input size, interpolation, mean, std, crop_pct).
-    Each 8x8 digit goes through numpy_mixer.preprocess.preprocess as an 8x8 image, so the 8x8 -> 16x16
+    Each 8x8 digit goes through numpy_mixer.preprocess.preprocess as an 8x8 image, so the 8x8 -> S x S
     upsampling is the cfg's interpolation (Pillow), as for any picture given to predict.
     Returns (x_train, y_train, x_test, y_test, images_test): x [B, 3, S, S] float32, images uint8 [B, 8, 8].
     """
