@@ -173,7 +173,7 @@ def test_shipped_samples_are_read_right_through_predict_and_the_command_line(dig
                           "--top-k", "1"], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)[0]["predictions"][0]["label"] == "7"
+    assert json.loads(out.stdout)["predictions"][0]["label"] == "7"
 
 
 def test_samples_are_package_data():
