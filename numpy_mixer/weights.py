@@ -46,6 +46,7 @@ _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 # safetensors dtype -> how its bytes are read (little-endian, as the format fixes) and the dtype it loads as
 _DTYPES = {"F32": (np.dtype("<f4"), np.float32), "F64": (np.dtype("<f8"), np.float64),
            "F16": (np.dtype("<f2"), np.float32), "BF16": (np.dtype("<u2"), np.float32)}
+_LOADS_AS = {name: np.dtype(loads_as) for name, (_, loads_as) in _DTYPES.items()}
 # The safetensors crate accepts headers up to 100 MB; a Mixer's is about 30 KB (l16: 294 tensors), so
 # 8 MiB leaves room for any depth anyone trains and keeps a hostile header's parse small and quick.
 MAX_HEADER_BYTES = 8 * 1024 * 1024
@@ -249,18 +250,24 @@ class Tensors(dict):
 
 
 def _unique_keys(pairs):
-    """object_pairs_hook for the header: duplicate keys and strings that are not valid Unicode are errors."""
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key {_name(key)}")
-        for text in (key, value) if isinstance(value, str) else (key,):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"invalid Unicode escape (a lone surrogate) in {_name(text)}") from None
-        seen[key] = value
-    return seen
+    """object_pairs_hook for the header: a duplicate key is an error (json.loads would keep the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_name(key)}")
+            seen.add(key)
+    return obj
+
+
+def _valid_unicode(texts):
+    """JSON's \\ud800 escapes decode to lone surrogates in Python; the crate (and UTF-8) refuses them."""
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid Unicode escape (a lone surrogate) in {_name(text)}") from None
 
 
 def _parse_int(text):
@@ -297,6 +304,10 @@ def _parse_header(raw, path, data_len):
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise corrupt("'__metadata__' must map strings to strings")
+    try:  # the only strings that get past the checks below: tensor names and metadata
+        _valid_unicode([*header, *(metadata or {}), *(metadata or {}).values()])
+    except ValueError as e:
+        raise corrupt(str(e)) from None
     entries = []
     for key, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
@@ -361,7 +372,7 @@ def read_safetensors(path, check=None):
         data_start = 8 + header_len
         entries = _parse_header(raw, path, size - data_start)
         if check is not None:
-            check({key: TensorSpec(shape, np.dtype(_DTYPES[dtype][1])) for key, dtype, shape, _, _ in entries})
+            check({key: TensorSpec(shape, _LOADS_AS[dtype]) for key, dtype, shape, _, _ in entries})
         try:  # one map of the whole file, shared by every tensor (np.memmap of a view keeps it alive)
             data = np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size > data_start else None
         except (ValueError, OSError) as e:  # the file shrank since it was measured
