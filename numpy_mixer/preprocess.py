@@ -104,7 +104,12 @@ def to_rgb(img):
     if img.mode.startswith("I;16"):
         gray = np.asarray(img).astype(np.float32) / np.float32(257)  # 65535 / 255 = 257
         img = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8), "L")
-    return img if img.mode == "RGB" else img.convert("RGB")
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except ValueError as e:  # a mode Pillow has no conversion for (La)
+        raise MixerError(f"cannot convert a Pillow image of mode {img.mode} to RGB ({e})") from None
 
 
 def _shorter_side_size(w, h, size):
