@@ -201,7 +201,7 @@ def check_finite(state_dict, source="checkpoint"):
         if not np.isfinite(np.sum(array, dtype=np.float64)) and not np.isfinite(array).all():
             bad = int(np.count_nonzero(~np.isfinite(array)))
             raise MixerError(f"{source}: tensor {_name(key)} has {bad:,} NaN or infinite values of {array.size:,}; "
-                             "the checkpoint is corrupt: download or export it again")
+                             "a corrupt checkpoint (download or export it again) or a training run that diverged")
 
 
 def check_architecture(config, name, num_classes):
@@ -338,7 +338,7 @@ def _parse_header(raw, path, data_len):
                              "contiguous and must not overlap: the file is corrupt")
         position = end
     if position != data_len:
-        how = "truncated" if position > data_len else "corrupt"
+        how = "truncated or corrupt" if position > data_len else "corrupt"
         raise MixerError(f"{path}: {how}: the tensors take {position:,} bytes, the file holds {data_len:,} after the "
                          "header; download or export it again")
     return entries

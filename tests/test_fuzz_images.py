@@ -33,8 +33,9 @@ MIB = 1024 * 1024
 
 
 def timm_transform(cfg):
-    return timm.data.create_transform(input_size=cfg.get("input_size", (3, 224, 224)), interpolation=cfg["interpolation"],
-                                      mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"], is_training=False)
+    return timm.data.create_transform(input_size=cfg.get("input_size", (3, 224, 224)),
+                                      interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"],
+                                      crop_pct=cfg["crop_pct"], is_training=False)
 
 
 TRANSFORMS = [timm_transform(cfg) for cfg in CONFIGS]

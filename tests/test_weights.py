@@ -86,7 +86,7 @@ def test_pickled_checkpoints_are_refused_unopened(tmp_path, suffix):
 def test_truncated_and_corrupt_files(tmp_path):
     good = save_checkpoint(small_state(), tmp_path / "good.safetensors").read_bytes()
     cases = {
-        "truncated": (good[: len(good) // 2], "truncated: the tensors take"),
+        "truncated": (good[: len(good) // 2], "truncated or corrupt: the tensors take"),
         "tiny": (b"abc", "not a safetensors file"),
         "garbage": (os.urandom(4096), "not a safetensors file"),
         "badjson": (struct.pack("<Q", 10) + b"{not json}" + b"\0" * 64, "corrupt safetensors header"),
@@ -252,7 +252,7 @@ def test_offsets_must_be_contiguous_and_cover_the_data(tmp_path):
     cases = [(with_header(overlap, body), "overlaps the tensor before it"),
              (with_header(gap, body + b"\0" * (b[1] - b[0])), "leaves a gap"),
              (with_header(header, body + b"\0" * 8), "corrupt: the tensors take"),
-             (with_header(header, body[:-4]), "truncated: the tensors take")]
+             (with_header(header, body[:-4]), "truncated or corrupt: the tensors take")]
     for content, match in cases:
         safetensors_refuses(content)  # the reference reader refuses each too
         refuse(tmp_path, content, match, reader=read_safetensors)
