@@ -148,6 +148,20 @@ def test_special_files_get_the_right_message(tmp_path):
         one_line_error(path, match)
 
 
+def test_unreadable_image_says_permission_denied(tmp_path):
+    path = tmp_path / "secret.png"
+    photo("coffee", (40, 30)).save(path)
+    os.chmod(path, 0)
+    root = os.geteuid() == 0
+    if root:  # root reads any file: become nobody for the call (the effective uid decides)
+        os.seteuid(65534)
+    try:
+        one_line_error(path, "secret.png: permission denied; make the image readable")
+    finally:
+        if root:
+            os.seteuid(0)
+
+
 def run_python(code, timeout=120):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,

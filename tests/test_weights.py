@@ -42,6 +42,7 @@ def test_weights_are_memory_mapped_not_copied(tmp_path):
     path = save_checkpoint(small_state(), tmp_path / "m.safetensors")
     tensors = read_safetensors(path)
     assert all(isinstance(v, np.memmap) for v in tensors.values())
+    assert len({id(v._mmap) for v in tensors.values()}) == 1  # views into one map of the file
     np.testing.assert_array_equal(tensors["head.bias"], small_state()["head.bias"])
 
 
