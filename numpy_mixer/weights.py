@@ -198,7 +198,9 @@ def check_finite(state_dict, source="checkpoint"):
     """No NaN or Inf in any weight: a corrupt file would otherwise give NaN logits, not an error."""
     for key, array in state_dict.items():
         # a sum is finite when every value is (float32 weights cannot overflow a float64 sum)
-        if not np.isfinite(np.sum(array, dtype=np.float64)) and not np.isfinite(array).all():
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the error below says it, not a warning
+            total = np.sum(array, dtype=np.float64)
+        if not np.isfinite(total) and not np.isfinite(array).all():
             bad = int(np.count_nonzero(~np.isfinite(array)))
             raise MixerError(f"{source}: tensor {_name(key)} has {bad:,} NaN or infinite values of {array.size:,}; "
                              "a corrupt checkpoint (download or export it again) or a training run that diverged")
@@ -317,7 +319,8 @@ def _parse_header(raw, path, data_len):
                 and all(type(v) is int and 0 <= v < 2**64 for v in shape + offsets)):
             raise corrupt(f"{_name(key)} needs a shape and two data_offsets of integers from 0 to 2**64 - 1")
         if dtype not in _DTYPES:
-            raise MixerError(f"{path}: tensor {_name(key)} has dtype {str(dtype)[:20]}; only F32, F64, F16 and BF16 "
+            shown = dtype if isinstance(dtype, str) and re.fullmatch(r"\w{1,20}", dtype) else _name(dtype, 30)
+            raise MixerError(f"{path}: tensor {_name(key)} has dtype {shown}; only F32, F64, F16 and BF16 "
                              "weights can be used")
         if len(shape) > _MAX_NDIM:
             raise MixerError(f"{path}: tensor {_name(key)} has {len(shape)} axes; NumPy holds at most {_MAX_NDIM}")
@@ -378,7 +381,7 @@ def read_safetensors(path, check=None):
         except (ValueError, OSError) as e:  # the file shrank since it was measured
             raise MixerError(f"{path}: the file changed while it was being read ({e})") from None
     tensors = Tensors()
-    tensors.mapped_file = MappedFile(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    tensors.mapped_file = MappedFile(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     for key, dtype, shape, start, end in entries:
         raw_dtype = _DTYPES[dtype][0]
         if start == end:

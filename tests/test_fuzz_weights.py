@@ -186,7 +186,11 @@ def assert_same(ours, theirs):
     for key in ours:
         a, b = np.asarray(ours[key]), theirs[key]
         assert a.shape == b.shape and a.dtype == b.dtype, (key, a.shape, b.shape, a.dtype, b.dtype)
-        assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), key  # the same bits (NaN payloads included)
+        # the same bits (so -0.0 is not 0.0), and NaN where the library has NaN: a float16 NaN's payload
+        # comes out of NumPy's and torch's float32 conversions differently (the thorough profile found it)
+        nan = np.isnan(a)
+        assert np.array_equal(nan, np.isnan(b)), key
+        assert np.array_equal(a[~nan].view(np.uint8), b[~nan].view(np.uint8)), key
 
 
 def check_file(path, content):

@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -259,6 +260,15 @@ def test_offsets_must_be_contiguous_and_cover_the_data(tmp_path):
         refuse(tmp_path, content, match, reader=read_safetensors)
 
 
+def test_strings_from_the_header_stay_on_one_line(tmp_path):
+    """The thorough fuzzing profile found a dtype holding a newline printed as is (a two-line message)."""
+    header = {"x": {"dtype": "F32\n; fine", "shape": [1], "data_offsets": [0, 4]}}
+    refuse(tmp_path, with_header(header, b"\0" * 4), r"has dtype 'F32\\n; fine'", reader=read_safetensors)
+    header = {"a\nb" * 100: {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}}
+    refuse(tmp_path, with_header(header, b"\0"), r"tensor 'a\\nba\\nb.*\.\.\. \(300 characters\) has dtype I8",
+           reader=read_safetensors)
+
+
 def test_shape_products_cannot_overflow(tmp_path):
     header = {"x": {"dtype": "F32", "shape": [2**32, 2**32, 2**32], "data_offsets": [0, 4]}}
     refuse(tmp_path, with_header(header, b"\0" * 4), "needs 316,912,650,057,057,350,374,175,801,344 bytes",
@@ -271,8 +281,14 @@ def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path):
     for value in (np.nan, np.inf, -np.inf):
         state = small_state()
         state["blocks.1.mlp_tokens.fc2.weight"][3, 4] = value
-        message = load_error(tmp_path, state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning from the check before the error
+            message = load_error(tmp_path, state)
         assert "tensor 'blocks.1.mlp_tokens.fc2.weight' has 1 NaN or infinite values" in message
+    state["blocks.1.mlp_tokens.fc2.weight"][3, :2] = np.inf, -np.inf  # inf - inf in the sum: no warning either
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "has 3 NaN or infinite values" in load_error(tmp_path, state)
 
 
 def test_bogus_keys_fail_from_the_header_before_any_array(tmp_path, monkeypatch):
