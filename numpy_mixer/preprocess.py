@@ -36,8 +36,8 @@ _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Imag
 MAX_RESIZED_PIXELS = 1 << 24
 
 
-def _open_file(path):
-    """An image file -> an RGB PIL image, or a MixerError naming the file."""
+def _open_file(path, check_size=None):
+    """An image file -> an RGB PIL image, or a MixerError naming the file; check_size(w, h) before decoding."""
     with open_regular(path, "image") as f:
         try:
             with warnings.catch_warnings():  # the size is checked below, with a message that says what to do
@@ -57,6 +57,8 @@ def _open_file(path):
                 raise MixerError(f"{path}: {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit of "
                                  f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); raise it if you "
                                  "trust the file")
+            if check_size is not None:
+                check_size(w, h)
             try:
                 opened.load()
                 return _checked_rgb(opened, path)
@@ -74,10 +76,13 @@ def _checked_rgb(img, name):
     return to_rgb(img)
 
 
-def load_image(img):
-    """A path, PIL image or HWC / HW uint8 array -> an RGB PIL image."""
+def load_image(img, check_size=None):
+    """A path, PIL image or HWC / HW uint8 array -> an RGB PIL image.
+
+    check_size(width, height), if given, runs on a file's declared size before its pixels are decoded.
+    """
     if isinstance(img, (str, os.PathLike)):
-        return _open_file(img)
+        return _open_file(img, check_size)
     if isinstance(img, Image.Image):
         try:
             img.load()  # a lazily opened file is read here: closed or truncated ones fail now, with a message
@@ -140,14 +145,19 @@ def resize_and_crop(img, scale_size, crop_size, interpolation, name="image"):
     the same: Pillow keeps the box in single precision, which moved values by about 20/255 in our tests. So past
     MAX_RESIZED_PIXELS (an aspect ratio of 256:1 at 256) the image is refused with a clear error.
     """
-    w, h = img.size
+    new_size = _checked_resize(*img.size, scale_size, name)
+    return center_crop(img.resize(new_size, _INTERPOLATION[interpolation]), crop_size)
+
+
+def _checked_resize(w, h, scale_size, name="image"):
+    """The size resize_shorter_side makes, or a MixerError if it is over MAX_RESIZED_PIXELS."""
     new_w, new_h = _shorter_side_size(w, h, scale_size)
     if new_w * new_h > MAX_RESIZED_PIXELS:
         longest = MAX_RESIZED_PIXELS // scale_size
         raise MixerError(f"{name}: {w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):,.0f}:1; timm's transform "
                          f"would resize it to {new_w}x{new_h} before the crop. Crop or pad it to at most "
                          f"{longest // scale_size}:1 ({scale_size}x{longest} after the resize)")
-    return center_crop(img.resize((new_w, new_h), _INTERPOLATION[interpolation]), crop_size)
+    return new_w, new_h
 
 
 def preprocess(img, cfg=None, img_size=224):
@@ -158,9 +168,9 @@ def preprocess(img, cfg=None, img_size=224):
     cfg = dict(DEFAULT_PREPROCESSING, **(cfg or {}))
     if "input_size" in cfg:
         img_size = cfg["input_size"][-1]
-    rgb = load_image(img)
     scale_size = math.floor(img_size / cfg["crop_pct"])  # 256 for 224 and 0.875
     name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else "image"
+    rgb = load_image(img, lambda w, h: _checked_resize(w, h, scale_size, name))  # a thin file is not decoded
     rgb = resize_and_crop(rgb, scale_size, img_size, cfg["interpolation"], name)
     x = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)  # [3, S, S]
     mean = np.asarray(cfg["mean"], np.float32)[:, None, None]
