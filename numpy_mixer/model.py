@@ -1,10 +1,12 @@
 """A thin model object: timm's method names over the layer functions and a checked state dict."""
+import os
+
 import numpy as np
 
 from . import layers
 from .errors import MixerError
 from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, check_architecture,
-                      check_state_dict, infer_config, read_safetensors, resolve)
+                      check_finite, check_state_dict, infer_config, read_safetensors, resolve)
 
 
 def nest(state_dict):
@@ -42,6 +44,9 @@ class MlpMixer:
     def __init__(self, state_dict, pretrained_cfg=None, source="checkpoint"):
         self.config = infer_config(state_dict, source)
         check_state_dict(state_dict, self.config, source)
+        check_finite(state_dict, source)
+        # read_safetensors' arrays are views of a memory-mapped file: each forward checks it is unchanged
+        self.mapped_file = getattr(state_dict, "mapped_file", None)
         self.params = nest(state_dict)
         cfg = dict(DEFAULT_PREPROCESSING, name=source, labels=LABEL_SETS_BY_CLASSES.get(self.config.num_classes))
         cfg.update(pretrained_cfg or {})
@@ -72,6 +77,11 @@ class MlpMixer:
             raise MixerError(f"input has shape {x.shape}, expected (B, {', '.join(map(str, want))})")
         if x.dtype not in (np.float32, np.float64):
             raise MixerError(f"input has dtype {x.dtype}, expected float32 (see numpy_mixer.preprocess)")
+        if not np.isfinite(x).all():
+            raise MixerError(f"input of shape {x.shape} has {np.count_nonzero(~np.isfinite(x)):,} NaN or infinite "
+                             "values; the logits would all be NaN")
+        if self.mapped_file is not None:
+            self.mapped_file.check()
         return x
 
     def forward_features(self, x, fast=True):
@@ -82,6 +92,8 @@ class MlpMixer:
         """
         x = self._cast(self._check_input(x))
         p = self.params
+        if len(x) == 0:  # an empty batch gives empty outputs, as in timm
+            return np.zeros((0, self.config.num_patches, self.config.embed_dim), self.dtype)
         if fast and self.dtype == np.float32:
             from . import fast as fast_path
             return fast_path.forward_features(x, p, self.config.patch_size)
@@ -117,6 +129,10 @@ class MlpMixer:
 
     def forward_head(self, x, pre_logits=False):
         """Pool the tokens and apply the head. [B, N, C] -> [B, K] (or [B, C] with pre_logits)"""
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[-1] != self.config.embed_dim:
+            raise MixerError(f"forward_head takes tokens [B, N, C] with C = {self.config.embed_dim} (the output of "
+                             f"forward_features), got shape {x.shape}")
         x = layers.global_pool(x)  # [B, N, C] -> [B, C]
         if pre_logits or "head" not in self.params:
             return x
@@ -136,11 +152,14 @@ class MlpMixer:
 
     def astype(self, dtype):
         """A copy of the model with every weight in dtype (float64 for a high-precision reference run)."""
+        if np.dtype(dtype) not in (np.float32, np.float64):  # erf and the fast path exist in these two only
+            raise MixerError(f"astype({np.dtype(dtype)}): a model runs in float32 or float64 only")
         state = {k: np.asarray(v, dtype) for k, v in self.state_dict().items()}
         return MlpMixer(state, self.pretrained_cfg, self.pretrained_cfg["name"])
 
     def reset_classifier(self, num_classes):
         """A new head with num_classes outputs, zero-initialised as timm does; 0 removes the head."""
+        _check_num_classes(num_classes)
         self.params.pop("head", None)
         if num_classes:
             C = self.config.embed_dim
@@ -206,9 +225,18 @@ def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     num_classes: None keeps the checkpoint's head; 0 drops it (the model returns pooled features);
     any other number puts a fresh zero head of that size, as timm does.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise MixerError(f"load_model takes a timm model name or a path to a .safetensors file, not "
+                         f"{type(name_or_path).__name__}")
+    if num_classes is not None:
+        _check_num_classes(num_classes)
     path, pretrained_cfg = resolve(name_or_path)
     source = pretrained_cfg["name"] if pretrained_cfg else str(path)
-    model = MlpMixer(read_safetensors(path), pretrained_cfg, source)
+
+    def check(specs):  # the key names and shapes, from the header, before any array is made
+        check_state_dict(specs, infer_config(specs, source), source)
+
+    model = MlpMixer(read_safetensors(path, check=check), pretrained_cfg, source)
     if pretrained_cfg and "architecture" in pretrained_cfg:  # from timm's config.json (numpy_mixer.hub)
         from .hub import check_config
         check_config(model.config, pretrained_cfg, source)
@@ -217,3 +245,8 @@ def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
     return model
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
+        raise MixerError(f"num_classes must be a whole number >= 0 (0 drops the head), not {num_classes!r}")

@@ -6,14 +6,22 @@ timm: resolve_model_data_config(model) + create_transform(**cfg, is_training=Fal
     ToTensor()                                  # HWC uint8 -> CHW float32 / 255
     Normalize(mean, std)
 torchvision resizes a PIL image with PIL's own Image.resize, so the same call here gives the same pixels.
+
+Memory stays bounded for any input: a very thin image (3x65000) would resize to 256 x 5.5 million
+pixels before the crop, so an aspect ratio past 256:1 (MAX_RESIZED_PIXELS) is refused.
+Files are opened as regular files only (a FIFO would block), and their declared size is checked
+against Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS) before any pixel is decoded.
 """
 import math
 import os
+import struct
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MixerError
+from .files import open_regular
 from .weights import DEFAULT_PREPROCESSING
 
 _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -21,30 +29,76 @@ _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampl
                   "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
-def load_image(img):
-    """A path, http(s) URL, PIL image or HWC / HW uint8 array -> an RGB PIL image."""
+# What a corrupt or truncated file makes Pillow's decoders raise (its own fuzzing harness expects these)
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
+# The most pixels the resize before the crop may make (64 MiB in Pillow's 4 bytes a pixel): aspect
+# ratios up to 256:1 at the usual 256. A thinner image is refused (see resize_and_crop).
+MAX_RESIZED_PIXELS = 1 << 24
+
+
+def _open_file(path, check_size=None):
+    """An image file -> an RGB PIL image, or a MixerError naming the file; check_size(w, h) before decoding."""
+    with open_regular(path, "image") as f:
+        try:
+            with warnings.catch_warnings():  # the size is checked below, with a message that says what to do
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(f)
+        except UnidentifiedImageError:
+            raise MixerError(f"{path}: not an image Pillow can read") from None
+        except Image.DecompressionBombError:
+            raise MixerError(f"{path}: declares more than twice {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's "
+                             "decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); raise it if you trust "
+                             "the file") from None
+        except _DECODE_ERRORS as e:
+            raise MixerError(f"{path}: cannot read the image ({_first_line(e)})") from None
+        with opened:
+            w, h = opened.size
+            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+                raise MixerError(f"{path}: {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit of "
+                                 f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); raise it if you "
+                                 "trust the file")
+            if check_size is not None:
+                check_size(w, h)
+            try:
+                opened.load()
+                return _checked_rgb(opened, path)
+            except _DECODE_ERRORS as e:  # truncated or corrupt image data
+                raise MixerError(f"{path}: cannot read the image ({_first_line(e)})") from None
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _checked_rgb(img, name):
+    if img.width == 0 or img.height == 0:
+        raise MixerError(f"{name}: the image is {img.width}x{img.height}, it has no pixels")
+    return to_rgb(img)
+
+
+def load_image(img, check_size=None):
+    """A path, http(s) URL, PIL image or HWC / HW uint8 array -> an RGB PIL image.
+
+    check_size(width, height), if given, runs on a file's declared size before its pixels are decoded.
+    """
     if isinstance(img, str) and img[:8].lower().startswith(("http://", "https://")):  # numpy_mixer.fetch
         from .fetch import fetch_image
         return load_image(fetch_image(img))
     if isinstance(img, (str, os.PathLike)):
-        try:
-            with Image.open(img) as opened:
-                opened.load()
-                return to_rgb(opened)
-        except FileNotFoundError:
-            raise MixerError(f"{img}: no such file") from None
-        except IsADirectoryError:
-            raise MixerError(f"{img}: is a directory, not an image") from None
-        except UnidentifiedImageError:
-            raise MixerError(f"{img}: not an image Pillow can read") from None
-        except OSError as e:  # truncated or corrupt image data
-            raise MixerError(f"{img}: cannot read the image ({e})") from None
+        return _open_file(img, check_size)
     if isinstance(img, Image.Image):
-        return to_rgb(img)
+        try:
+            img.load()  # a lazily opened file is read here: closed or truncated ones fail now, with a message
+        except _DECODE_ERRORS as e:
+            raise MixerError(f"the PIL image cannot be read ({_first_line(e)}): was it closed, or is its file "
+                             "truncated?") from None
+        return _checked_rgb(img, "the PIL image")
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
             raise MixerError(f"image array has shape {img.shape} and dtype {img.dtype}; expected HxWx3 "
                              "(or HxW, HxWx1, HxWx4) uint8")
+        if img.size == 0:
+            raise MixerError(f"image array has shape {img.shape}: no pixels")
         return to_rgb(Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img))
     raise MixerError(f"cannot read an image from {type(img).__name__}; pass a path, a PIL image or a uint8 array")
 
@@ -58,16 +112,24 @@ def to_rgb(img):
     if img.mode.startswith("I;16"):
         gray = np.asarray(img).astype(np.float32) / np.float32(257)  # 65535 / 255 = 257
         img = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8), "L")
-    return img if img.mode == "RGB" else img.convert("RGB")
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except ValueError as e:  # a mode Pillow has no conversion for (La)
+        raise MixerError(f"cannot convert a Pillow image of mode {img.mode} to RGB ({e})") from None
+
+
+def _shorter_side_size(w, h, size):
+    """(new_w, new_h): shorter side to size, the other scaled and truncated, as torchvision's Resize(int)."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if w <= h else (new_long, new_short)
 
 
 def resize_shorter_side(img, size, interpolation):
     """Shorter side to `size`, the other scaled and truncated, as torchvision's Resize(int)."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    return img.resize((new_w, new_h), _INTERPOLATION[interpolation])
+    return img.resize(_shorter_side_size(*img.size, size), _INTERPOLATION[interpolation])
 
 
 def center_crop(img, size):
@@ -78,6 +140,29 @@ def center_crop(img, size):
     return img.crop((left, top, left + size, top + size))
 
 
+def resize_and_crop(img, scale_size, crop_size, interpolation, name="image"):
+    """resize_shorter_side then center_crop (timm's transform to the bit), refusing extreme aspect ratios.
+
+    The whole image is resized before the crop, as timm does: a 3x65000 strip would become 256 x 5.5
+    million pixels (over 4 GB). Resizing only the cropped region (Pillow's resize(box=...)) is not
+    the same: Pillow keeps the box in single precision, which moved values by about 20/255 in our tests. So past
+    MAX_RESIZED_PIXELS (an aspect ratio of 256:1 at 256) the image is refused with a clear error.
+    """
+    new_size = _checked_resize(*img.size, scale_size, name)
+    return center_crop(img.resize(new_size, _INTERPOLATION[interpolation]), crop_size)
+
+
+def _checked_resize(w, h, scale_size, name="image"):
+    """The size resize_shorter_side makes, or a MixerError if it is over MAX_RESIZED_PIXELS."""
+    new_w, new_h = _shorter_side_size(w, h, scale_size)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        longest = MAX_RESIZED_PIXELS // scale_size
+        raise MixerError(f"{name}: {w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):,.0f}:1; timm's transform "
+                         f"would resize it to {new_w}x{new_h} before the crop. Crop or pad it to at most "
+                         f"{longest // scale_size}:1 ({scale_size}x{longest} after the resize)")
+    return new_w, new_h
+
+
 def preprocess(img, cfg=None, img_size=224):
     """A path, PIL image or uint8 array -> the [3, S, S] float32 array timm's eval transform gives.
 
@@ -86,9 +171,10 @@ def preprocess(img, cfg=None, img_size=224):
     cfg = dict(DEFAULT_PREPROCESSING, **(cfg or {}))
     if "input_size" in cfg:
         img_size = cfg["input_size"][-1]
-    rgb = load_image(img)
     scale_size = math.floor(img_size / cfg["crop_pct"])  # 256 for 224 and 0.875
-    rgb = center_crop(resize_shorter_side(rgb, scale_size, cfg["interpolation"]), img_size)
+    name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else "image"
+    rgb = load_image(img, lambda w, h: _checked_resize(w, h, scale_size, name))  # a thin file is not decoded
+    rgb = resize_and_crop(rgb, scale_size, img_size, cfg["interpolation"], name)
     x = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)  # [3, S, S]
     mean = np.asarray(cfg["mean"], np.float32)[:, None, None]
     std = np.asarray(cfg["std"], np.float32)[:, None, None]

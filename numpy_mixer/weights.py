@@ -1,10 +1,13 @@
 """Checkpoints: find them (Hugging Face hub or a local file), read safetensors, check every key.
 
 No pickle is ever loaded: .pth / .bin / .pt / .ckpt files are refused before they are opened.
-The safetensors file is memory-mapped, so the weights are paged in from disk, not copied.
+The safetensors file is memory-mapped once, so the weights are paged in from disk, not copied;
+its header is validated in full (sizes, offsets, dtypes, key names) before any array is made.
 """
+import collections
 import dataclasses
 import json
+import math
 import os
 import re
 import struct
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import MixerError
+from .files import open_regular
 
 DEFAULT_MODEL = "mixer_b16_224.goog_in21k_ft_in1k"
 
@@ -39,7 +43,14 @@ DEFAULT_PREPROCESSING = _GOOG
 LABEL_SETS_BY_CLASSES = {1000: "imagenet-1k", 21843: "imagenet-21k-goog", 11221: "imagenet-21k-miil"}
 
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
-_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": np.uint16}
+# safetensors dtype -> how its bytes are read (little-endian, as the format fixes) and the dtype it loads as
+_DTYPES = {"F32": (np.dtype("<f4"), np.float32), "F64": (np.dtype("<f8"), np.float64),
+           "F16": (np.dtype("<f2"), np.float32), "BF16": (np.dtype("<u2"), np.float32)}
+_LOADS_AS = {name: np.dtype(loads_as) for name, (_, loads_as) in _DTYPES.items()}
+# The safetensors crate accepts headers up to 100 MB; a Mixer's is about 30 KB (l16: 294 tensors), so
+# 8 MiB leaves room for any depth anyone trains and keeps a hostile header's parse small and quick.
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+_MAX_NDIM = 32  # NumPy 1.x's limit (2.x allows 64); a Mixer's tensors have at most 4 axes
 
 
 @dataclass(frozen=True)
@@ -70,77 +81,129 @@ ARCHITECTURES = {
 }
 
 
-def expected_shapes(config):
-    """timm's state-dict keys and shapes for a config, in timm's order."""
-    c = config
+def _block_shapes(c):
+    """One block's tensors: key suffix -> shape (the same for every block), in timm's order."""
+    return {"norm1.weight": (c.embed_dim,), "norm1.bias": (c.embed_dim,),
+            "mlp_tokens.fc1.weight": (c.tokens_dim, c.num_patches), "mlp_tokens.fc1.bias": (c.tokens_dim,),
+            "mlp_tokens.fc2.weight": (c.num_patches, c.tokens_dim), "mlp_tokens.fc2.bias": (c.num_patches,),
+            "norm2.weight": (c.embed_dim,), "norm2.bias": (c.embed_dim,),
+            "mlp_channels.fc1.weight": (c.channels_dim, c.embed_dim), "mlp_channels.fc1.bias": (c.channels_dim,),
+            "mlp_channels.fc2.weight": (c.embed_dim, c.channels_dim), "mlp_channels.fc2.bias": (c.embed_dim,)}
+
+
+def _outer_shapes(c):
+    """The tensors outside the blocks: stem, final norm, head (when there is one)."""
     shapes = {"stem.proj.weight": (c.embed_dim, c.in_chans, c.patch_size, c.patch_size),
-              "stem.proj.bias": (c.embed_dim,)}
-    for i in range(c.depth):
-        b = f"blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (c.embed_dim,), b + "norm1.bias": (c.embed_dim,),
-            b + "mlp_tokens.fc1.weight": (c.tokens_dim, c.num_patches), b + "mlp_tokens.fc1.bias": (c.tokens_dim,),
-            b + "mlp_tokens.fc2.weight": (c.num_patches, c.tokens_dim), b + "mlp_tokens.fc2.bias": (c.num_patches,),
-            b + "norm2.weight": (c.embed_dim,), b + "norm2.bias": (c.embed_dim,),
-            b + "mlp_channels.fc1.weight": (c.channels_dim, c.embed_dim),
-            b + "mlp_channels.fc1.bias": (c.channels_dim,),
-            b + "mlp_channels.fc2.weight": (c.embed_dim, c.channels_dim),
-            b + "mlp_channels.fc2.bias": (c.embed_dim,),
-        })
-    shapes.update({"norm.weight": (c.embed_dim,), "norm.bias": (c.embed_dim,)})
+              "stem.proj.bias": (c.embed_dim,), "norm.weight": (c.embed_dim,), "norm.bias": (c.embed_dim,)}
     if c.num_classes:
         shapes.update({"head.weight": (c.num_classes, c.embed_dim), "head.bias": (c.num_classes,)})
     return shapes
 
 
+def _expected_items(c):
+    """(key, shape) for every tensor of a config, in timm's order, one at a time."""
+    outer, block = _outer_shapes(c), _block_shapes(c)
+    yield from list(outer.items())[:2]
+    for i in range(c.depth):
+        for suffix, shape in block.items():
+            yield f"blocks.{i}.{suffix}", shape
+    yield from list(outer.items())[2:]
+
+
+def expected_shapes(config):
+    """timm's state-dict keys and shapes for a config, in timm's order."""
+    return dict(_expected_items(config))
+
+
+def _name(key, limit=80):
+    """A key for a message: quoted, and cut short if a hostile file made it huge."""
+    text = repr(key)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(key):,} characters)"
+
+
 def infer_config(state_dict, source="checkpoint"):
-    """Read the architecture off the tensors' shapes; every other key is then checked against it."""
+    """Read the architecture off the tensors' shapes; every other key is then checked against it.
+
+    state_dict: {key: anything with .shape and .dtype} (arrays, or the header entries of a file).
+    """
     def shape(key):
         if key not in state_dict:
             raise MixerError(f"{source}: missing tensor {key!r}; is this a timm MLP-Mixer checkpoint?")
         return tuple(state_dict[key].shape)
 
+    def matrix(key):
+        if len(shape(key)) != 2 or 0 in shape(key):
+            raise MixerError(f"{source}: {key!r} has shape {shape(key)}, expected a matrix (out, in)")
+        return shape(key)
+
     stem = shape("stem.proj.weight")
-    if len(stem) != 4 or stem[2] != stem[3]:
+    if len(stem) != 4 or stem[2] != stem[3] or 0 in stem:
         raise MixerError(f"{source}: 'stem.proj.weight' has shape {stem}, expected (C, 3, P, P)")
     embed_dim, in_chans, patch_size, _ = stem
-    block_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    depth = len(block_ids)
+    if in_chans != 3:  # preprocessing makes RGB images; say so now, not as an input-shape error later
+        raise MixerError(f"{source}: 'stem.proj.weight' has shape {stem}: a model of {in_chans}-channel images; "
+                         "numpy_mixer runs RGB (3-channel) Mixers only")
+    # the blocks present: indices 0, 1, 2 ... without a gap (strings: a hostile index may have 5000 digits)
+    block_ids = {m.group(1) for k in state_dict if (m := re.match(r"blocks\.([0-9]+)\.", k))}
+    depth = 0
+    while str(depth) in block_ids:
+        depth += 1
     if depth == 0:
-        raise MixerError(f"{source}: no 'blocks.*' tensors; is this a timm MLP-Mixer checkpoint?")
-    for key in ("blocks.0.mlp_tokens.fc1.weight", "blocks.0.mlp_channels.fc1.weight"):
-        if len(shape(key)) != 2:
-            raise MixerError(f"{source}: {key!r} has shape {shape(key)}, expected a matrix (out, in)")
-    tokens_dim, num_patches = shape("blocks.0.mlp_tokens.fc1.weight")
-    channels_dim = shape("blocks.0.mlp_channels.fc1.weight")[0]
-    grid = int(round(num_patches ** 0.5))
+        raise MixerError(f"{source}: no 'blocks.0.*' tensors; is this a timm MLP-Mixer checkpoint?")
+    tokens_dim, num_patches = matrix("blocks.0.mlp_tokens.fc1.weight")
+    channels_dim = matrix("blocks.0.mlp_channels.fc1.weight")[0]
+    grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
         raise MixerError(f"{source}: 'blocks.0.mlp_tokens.fc1.weight' mixes {num_patches} tokens, "
                          "which is not a square grid of patches")
-    num_classes = shape("head.weight")[0] if "head.weight" in state_dict else 0
+    num_classes = matrix("head.weight")[0] if "head.weight" in state_dict else 0
     return MixerConfig(patch_size, grid * patch_size, in_chans, embed_dim, depth, tokens_dim, channels_dim,
                        num_classes)
 
 
 def check_state_dict(state_dict, config, source="checkpoint"):
-    """Every key present, none extra, every shape as expected, floating point; else one clear error."""
-    expected = expected_shapes(config)
-    missing = [k for k in expected if k not in state_dict]
-    extra = [k for k in state_dict if k not in expected]
+    """Every key present, none extra, every shape as expected, floating point; else one clear error.
+
+    Works on {key: anything with .shape and .dtype}; never builds more than len(state_dict) entries,
+    so a file with a million bogus keys fails as fast as it is read.
+    """
+    outer, block = _outer_shapes(config), _block_shapes(config)
+
+    def expected(key):
+        if key in outer:
+            return True
+        m = re.fullmatch(r"blocks\.(0|[1-9][0-9]{0,8})\.(.+)", key, re.DOTALL)
+        return bool(m) and int(m.group(1)) < config.depth and m.group(2) in block
+
+    extra = [k for k in state_dict if not expected(k)]
+    missing = len(outer) + len(block) * config.depth - (len(state_dict) - len(extra))
     if missing:
-        raise MixerError(f"{source}: missing tensor {missing[0]!r} (expected shape {expected[missing[0]]})"
-                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        key, want = next((k, s) for k, s in _expected_items(config) if k not in state_dict)
+        raise MixerError(f"{source}: missing tensor {key!r} (expected shape {want})"
+                         + (f" and {missing - 1:,} more" if missing > 1 else ""))
     if extra:
-        raise MixerError(f"{source}: unexpected tensor {extra[0]!r} with shape {tuple(state_dict[extra[0]].shape)}"
-                         + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+        raise MixerError(f"{source}: unexpected tensor {_name(extra[0])} with shape {tuple(state_dict[extra[0]].shape)}"
+                         + (f" and {len(extra) - 1:,} more" if len(extra) > 1 else "")
                          + "; this is not a timm MLP-Mixer checkpoint of a known layout")
-    for key, want in expected.items():
+    for key, want in expected_shapes(config).items():
         found = tuple(state_dict[key].shape)
         if found != want:
             raise MixerError(f"{source}: tensor {key!r} has shape {found}, expected {want} "
                              f"for {config.depth} blocks of width {config.embed_dim}")
         if state_dict[key].dtype.kind != "f":
             raise MixerError(f"{source}: tensor {key!r} has dtype {state_dict[key].dtype}, expected floating point")
+
+
+def check_finite(state_dict, source="checkpoint"):
+    """No NaN or Inf in any weight: a corrupt file would otherwise give NaN logits, not an error."""
+    for key, array in state_dict.items():
+        # a sum is finite when every value is (float32 weights cannot overflow a float64 sum)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the error below says it, not a warning
+            total = np.sum(array, dtype=np.float64)
+        if not np.isfinite(total) and not np.isfinite(array).all():
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise MixerError(f"{source}: tensor {_name(key)} has {bad:,} NaN or infinite values of {array.size:,}; "
+                             "a corrupt checkpoint (download or export it again) or a training run that diverged")
 
 
 def check_architecture(config, name, num_classes):
@@ -153,54 +216,184 @@ def check_architecture(config, name, num_classes):
                              "the Hugging Face cache and download it again")
 
 
-def read_safetensors(path):
-    """{key: array} from a .safetensors file, memory-mapped (float16/bfloat16 become float32 copies)."""
+# What read_safetensors knows of a tensor before it makes the array: its shape and the dtype it loads as.
+TensorSpec = collections.namedtuple("TensorSpec", "shape dtype")
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """A memory-mapped checkpoint as it was when read: check() fails if it has been changed in place.
+
+    A mapped file that is truncated kills the process with SIGBUS when a lost page is touched, and
+    one that is rewritten changes the weights silently; a file deleted or replaced by a new one (a
+    rename, as downloads do) is harmless, because the mapping keeps the old file's pages.
+    """
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    def check(self):
+        """MixerError if the file was modified in place since it was read; costs one stat."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return  # deleted or moved away: the mapping still holds the old file
+        if (st.st_dev, st.st_ino) == (self.device, self.inode) and (st.st_size, st.st_mtime_ns) != (self.size,
+                                                                                                  self.mtime_ns):
+            raise MixerError(f"{self.path}: the checkpoint was changed on disk after it was loaded (it is "
+                             "memory-mapped, so its weights would change too); load the model again")
+
+
+class Tensors(dict):
+    """read_safetensors' result: {key: array}, and .mapped_file, the file the arrays are views of."""
+    mapped_file = None
+
+
+def _unique_keys(pairs):
+    """object_pairs_hook for the header: a duplicate key is an error (json.loads would keep the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_name(key)}")
+            seen.add(key)
+    return obj
+
+
+def _valid_unicode(texts):
+    """JSON's \\ud800 escapes decode to lone surrogates in Python; the crate (and UTF-8) refuses them."""
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid Unicode escape (a lone surrogate) in {_name(text)}") from None
+
+
+def _parse_int(text):
+    if len(text.lstrip("-")) > 20:  # 2**64 has 20 digits: keep Python from converting 5000-digit numbers
+        raise ValueError(f"a {len(text)}-digit integer")
+    return int(text)
+
+
+def _no_float(text):
+    raise ValueError(f"the number {text[:30]} (sizes and offsets are integers)")
+
+
+def _parse_header(raw, path, data_len):
+    """The header bytes -> [(key, dtype name, shape, start, end)], each checked; else a MixerError.
+
+    The checks are the safetensors crate's (valid UTF-8 JSON, known fields, integer sizes, tensors that
+    are contiguous, do not overlap and cover the data section exactly), plus unique keys and a cap on
+    the sizes NumPy can hold. Shape products are Python ints, so they cannot overflow.
+    """
+    def corrupt(why):
+        return MixerError(f"{path}: corrupt safetensors header ({why}); the file is damaged or not a safetensors file")
+
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_parse_int,
+                            parse_float=_no_float, parse_constant=_no_float)
+    except UnicodeDecodeError as e:
+        raise corrupt(f"not UTF-8: {e.reason} at byte {e.start}") from None
+    except RecursionError:
+        raise corrupt("JSON nested too deeply") from None
+    except ValueError as e:  # bad JSON, a duplicate key, NaN, a huge number
+        raise corrupt(str(e).splitlines()[0]) from None
+    if not isinstance(header, dict):
+        raise corrupt("not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise corrupt("'__metadata__' must map strings to strings")
+    try:  # the only strings that get past the checks below: tensor names and metadata
+        _valid_unicode([*header, *(metadata or {}), *(metadata or {}).values()])
+    except ValueError as e:
+        raise corrupt(str(e)) from None
+    entries = []
+    for key, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise corrupt(f"the entry for {_name(key)} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+                and all(type(v) is int and 0 <= v < 2**64 for v in shape + offsets)):
+            raise corrupt(f"{_name(key)} needs a shape and two data_offsets of integers from 0 to 2**64 - 1")
+        if dtype not in _DTYPES:
+            shown = dtype if isinstance(dtype, str) and re.fullmatch(r"\w{1,20}", dtype) else _name(dtype, 30)
+            raise MixerError(f"{path}: tensor {_name(key)} has dtype {shown}; only F32, F64, F16 and BF16 "
+                             "weights can be used")
+        if len(shape) > _MAX_NDIM:
+            raise MixerError(f"{path}: tensor {_name(key)} has {len(shape)} axes; NumPy holds at most {_MAX_NDIM}")
+        itemsize = _DTYPES[dtype][0].itemsize
+        start, end = offsets
+        if end - start != math.prod(shape) * itemsize:
+            raise MixerError(f"{path}: tensor {_name(key)} of shape {tuple(shape)} and dtype {dtype} needs "
+                             f"{math.prod(shape) * itemsize:,} bytes, but its data_offsets [{start}, {end}] "
+                             f"hold {end - start:,}; the file is corrupt")
+        if math.prod(d for d in shape if d) * itemsize >= 2**62:  # NumPy refuses such a shape even when empty
+            raise MixerError(f"{path}: tensor {_name(key)} has shape {tuple(shape)}, too large for NumPy")
+        entries.append((key, dtype, tuple(shape), start, end))
+    position = 0  # as the crate: sorted by offsets, each tensor starts where the one before ends
+    for key, _, _, start, end in sorted(entries, key=lambda e: (e[3], e[4])):
+        if start != position:
+            how = "overlaps the tensor before it" if start < position else f"leaves a gap of {start - position:,} bytes"
+            raise MixerError(f"{path}: tensor {_name(key)} at data offset {start:,} {how}; tensors must be "
+                             "contiguous and must not overlap: the file is corrupt")
+        position = end
+    if position != data_len:
+        how = "truncated or corrupt" if position > data_len else "corrupt"
+        raise MixerError(f"{path}: {how}: the tensors take {position:,} bytes, the file holds {data_len:,} after the "
+                         "header; download or export it again")
+    return entries
+
+
+def read_safetensors(path, check=None):
+    """{key: array} from a .safetensors file, memory-mapped once (float16/bfloat16 become float32 copies).
+
+    The header is validated completely before any array is made; check, if given, is called with
+    {key: TensorSpec(shape, dtype)} before the file is mapped, and raises to refuse it (load_model
+    checks the Mixer's key names and shapes there). Every tensor is a view into one map of the file,
+    so a model holds one file descriptor, not one per tensor.
+    """
     path = os.fspath(path)
     if path.lower().endswith(_PICKLE_SUFFIXES):
         raise MixerError(f"{path}: refusing to load a pickled checkpoint (unpickling can run arbitrary code); "
                          "convert it to .safetensors first, e.g. with safetensors.torch.save_file")
-    if not os.path.isfile(path):
-        raise MixerError(f"{path}: no such file")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
+    with open_regular(path, "safetensors file") as f:
+        st = os.fstat(f.fileno())
+        size = st.st_size
+        if size < 8:
             raise MixerError(f"{path}: not a safetensors file (only {size} bytes)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > min(size - 8, 100_000_000):
-            raise MixerError(f"{path}: not a safetensors file, or truncated (header length {header_len} "
-                             f"in a file of {size} bytes)")
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MixerError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise MixerError(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    data_start = 8 + header_len
-    tensors = {}
-    for key, info in header.items():
-        try:
-            dtype, shape, (start, end) = _DTYPES.get(info["dtype"]), tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise MixerError(f"{path}: corrupt safetensors header entry for {key!r}") from None
-        if not all(isinstance(v, int) and v >= 0 for v in (*shape, start, end)):
-            raise MixerError(f"{path}: corrupt safetensors header entry for {key!r}")
-        if dtype is None:
-            raise MixerError(f"{path}: tensor {key!r} has dtype {info['dtype']}; only F32, F64, F16 and BF16 "
-                             "weights can be used")
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - start != count * np.dtype(dtype).itemsize or data_start + end > size:
-            raise MixerError(f"{path}: tensor {key!r} {shape} does not fit in the file: truncated or corrupt "
-                             f"({size} bytes); download it again")
-        if count == 0:
-            array = np.zeros(shape, dtype)
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8:
+            raise MixerError(f"{path}: not a safetensors file, or truncated (header length {header_len:,} "
+                             f"in a file of {size:,} bytes)")
+        if header_len > MAX_HEADER_BYTES:
+            raise MixerError(f"{path}: the safetensors header is {header_len:,} bytes, over this reader's limit of "
+                             f"{MAX_HEADER_BYTES:,} (a Mixer's header is about 30 KB); not a Mixer checkpoint")
+        raw = f.read(header_len)
+        data_start = 8 + header_len
+        entries = _parse_header(raw, path, size - data_start)
+        if check is not None:
+            check({key: TensorSpec(shape, _LOADS_AS[dtype]) for key, dtype, shape, _, _ in entries})
+        try:  # one map of the whole file, shared by every tensor (np.memmap of a view keeps it alive)
+            data = np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size > data_start else None
+        except (ValueError, OSError) as e:  # the file shrank since it was measured
+            raise MixerError(f"{path}: the file changed while it was being read ({e})") from None
+    tensors = Tensors()
+    tensors.mapped_file = MappedFile(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    for key, dtype, shape, start, end in entries:
+        raw_dtype = _DTYPES[dtype][0]
+        if start == end:
+            array = np.zeros(shape, _DTYPES[dtype][1])
         else:
-            array = np.memmap(path, dtype=dtype, mode="r", offset=data_start + start, shape=shape)
-        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            array = data[data_start + start: data_start + end].view(raw_dtype).reshape(shape)
+        if dtype == "BF16":  # bfloat16 is the top half of a float32
             array = (array.astype(np.uint32) << 16).view(np.float32)
-        elif info["dtype"] == "F16":
+        elif dtype == "F16":
             array = array.astype(np.float32)
+        elif not array.flags.aligned:  # offsets that no safetensors writer makes: copy, for fast matmuls
+            array = np.array(array)
         tensors[key] = array
     return tensors
 

@@ -3,10 +3,13 @@
 timm and torch are imported at the top on purpose: the tests verify against live timm, and a
 missing timm must fail the run, not skip it.
 """
+import os
+
 import numpy as np
 import pytest
 import timm
 import torch
+from hypothesis import HealthCheck, settings
 
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 
@@ -41,3 +44,14 @@ def timm_model(arch, state_dict, dtype=torch.float32):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Hypothesis profiles for the fuzzing suites (tests/test_fuzz_*.py). Each fuzz test sizes its case count
+# as a multiple of settings().max_examples, so one number scales them all:
+#   ci (default)  ~2-3 minutes for the fuzz files on 2 cores, derandomized (the same cases every run)
+#   thorough      HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz_weights.py ...: 20x the cases, random
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,4 +1,8 @@
 """Preprocessing against timm's eval transform, on scikit-image's real photos: equal to the bit."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import skimage.data
@@ -88,3 +92,133 @@ def test_bad_inputs_raise_one_clear_error(tmp_path):
         with pytest.raises(MixerError, match=message) as info:
             preprocess(source)
         assert "\n" not in str(info.value)
+
+
+# ---- hostile images (issue 11) ----
+
+def png_declaring(width, height):
+    """A PNG header that declares width x height RGB pixels (no pixel data: opening it reads the header only)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def one_line_error(source, match):
+    with pytest.raises(MixerError, match=match) as info:
+        preprocess(source, GOOG)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path):
+    huge, large = tmp_path / "huge.png", tmp_path / "large.png"
+    huge.write_bytes(png_declaring(50_000, 50_000))  # Pillow itself raises DecompressionBombError (not an OSError)
+    large.write_bytes(png_declaring(10_000, 10_000))  # past the limit, under twice it: Pillow only warns
+    assert str(huge) in one_line_error(huge, r"declares more than twice 89,478,485 pixels, Pillow's decompression")
+    assert str(large) in one_line_error(large, r"10000x10000 = 100,000,000 pixels, over Pillow's decompression-bomb "
+                                               r"limit of 89,478,485 \(PIL.Image.MAX_IMAGE_PIXELS\)")
+
+
+def test_images_without_pixels_closed_or_truncated(tmp_path):
+    one_line_error(np.zeros((0, 0, 3), np.uint8), r"image array has shape \(0, 0, 3\): no pixels")
+    one_line_error(np.zeros((5, 0), np.uint8), r"image array has shape \(5, 0\): no pixels")
+    one_line_error(Image.new("RGB", (0, 0)), "the PIL image: the image is 0x0, it has no pixels")
+    closed = photo("coffee", (40, 30))
+    closed.close()
+    one_line_error(closed, r"the PIL image cannot be read \(Operation on closed image\): was it closed")
+    photo("chelsea").save(tmp_path / "full.jpg")
+    (tmp_path / "half.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:3000])
+    lazy = Image.open(tmp_path / "half.jpg")  # opened lazily: the pixels are read by preprocess
+    one_line_error(lazy, r"the PIL image cannot be read \(image file is truncated")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(png_declaring(0, 0))
+    one_line_error(empty, "empty.png: (not an image Pillow can read|the image is 0x0)")
+
+
+def test_special_files_get_the_right_message(tmp_path):
+    os.mkdir(tmp_path / "dir.jpg")
+    os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
+    for path, match in [(tmp_path / "dir.jpg", "dir.jpg: is a directory, not a image"),
+                        (tmp_path / "loop.jpg", "loop.jpg: symbolic link loop"),
+                        ("/dev/zero", "/dev/zero: is a character device, not a image")]:
+        one_line_error(path, match)
+
+
+def test_unreadable_image_says_permission_denied(tmp_path):
+    path = tmp_path / "secret.png"
+    photo("coffee", (40, 30)).save(path)
+    os.chmod(path, 0)
+    root = os.geteuid() == 0
+    if root:  # root reads any file: become nobody for the call (the effective uid decides)
+        os.seteuid(65534)
+    try:
+        one_line_error(path, "secret.png: permission denied; make the image readable")
+    finally:
+        if root:
+            os.seteuid(0)
+
+
+def run_python(code, timeout=120):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd="/")
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    result = run_python(f"""
+from numpy_mixer import preprocess
+from numpy_mixer.errors import MixerError
+try:
+    preprocess({str(fifo)!r})
+except MixerError as e:
+    print(e)
+""", timeout=60)  # Image.open on a FIFO blocked forever
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{fifo}: is a FIFO (named pipe), not a image"
+
+
+def test_thin_images_are_refused_in_bounded_memory_and_time(tmp_path):
+    """A 1.3 KB 3x65000 PNG took over 4 GB; 1x10000, 2.7 GB and 12 s. Now: a clear error, in a fresh process."""
+    paths = []
+    for w, h in [(3, 65000), (10000, 1)]:
+        path = tmp_path / f"thin-{w}x{h}.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    result = run_python(f"""
+import time
+from numpy_mixer import preprocess
+from numpy_mixer.errors import MixerError
+start = time.perf_counter()
+for path in {paths!r}:
+    try:
+        preprocess(path)
+    except MixerError as e:
+        print(e)
+# the peak resident memory of this process (VmHWM: ru_maxrss would include pytest's, inherited across exec)
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+print(time.perf_counter() - start, int(peak) // 1024)
+""")
+    assert result.returncode == 0, result.stderr
+    *messages, figures = result.stdout.strip().splitlines()
+    seconds, peak_mib = float(figures.split()[0]), int(figures.split()[1])
+    assert messages == [
+        f"{paths[0]}: 3x65000 pixels, an aspect ratio of 21,667:1; timm's transform would resize it to 256x5546666 "
+        "before the crop. Crop or pad it to at most 256:1 (256x65536 after the resize)",
+        f"{paths[1]}: 10000x1 pixels, an aspect ratio of 10,000:1; timm's transform would resize it to 2560000x256 "
+        "before the crop. Crop or pad it to at most 256:1 (256x65536 after the resize)"]
+    assert seconds < 5 and peak_mib < 300, (seconds, peak_mib)
+
+
+@pytest.mark.parametrize("size", [(1, 256), (256, 1), (3, 700)])
+def test_the_thinnest_accepted_images_equal_timm(transforms, size):
+    """At the limit (256:1) the whole image is still resized, exactly as timm does."""
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray(rng.integers(0, 256, size[::-1] + (3,), dtype=np.uint8))
+    for cfg_name, cfg in [("goog", GOOG), ("miil", MIIL)]:
+        np.testing.assert_array_equal(preprocess(img, cfg), transforms[cfg_name](img).numpy())
