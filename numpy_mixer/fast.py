@@ -14,7 +14,7 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   more at every batch size, batch 1 included, in task counts that fill whole rounds of W. The
   channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
   a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
-  also split by rows, in near-square tiles (the least data each task packs) of at most TILE_ELEMS
+  also split by rows, in tiles at most square (taller ones ran faster) of at most TILE_ELEMS
   outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
   after another, so each weight is read from memory about once per band (once per block up to
   batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
@@ -242,8 +242,8 @@ def _split(n, parts, quantum=1, least=1):
 def _grid(rows, cols, inner, tasks):
     """Tiles ((r0, r1), (c0, c1)) of a [rows, cols] = [rows, inner] @ [inner, cols] output, in hand-out order.
 
-    Rows in bands of at most CHANNEL_ROWS; in each band, near-square tiles (the least data packed per
-    task) of at most TILE_ELEMS outputs, and enough of them for `tasks` over all bands; none below
+    Rows in bands of at most CHANNEL_ROWS; in each band, tiles no wider than square (taller ones ran
+    faster, see below) of at most TILE_ELEMS outputs, and enough of them for `tasks` over all bands; none below
     MIN_TILE_MACS. Hand-out order: band by band, and in a band, column slice by column slice, so that
     the tasks reading one weight slice run side by side (each weight read once per band).
     """
