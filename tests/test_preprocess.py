@@ -142,9 +142,9 @@ def test_images_without_pixels_closed_or_truncated(tmp_path):
 def test_special_files_get_the_right_message(tmp_path):
     os.mkdir(tmp_path / "dir.jpg")
     os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
-    for path, match in [(tmp_path / "dir.jpg", "dir.jpg: is a directory, not a image"),
+    for path, match in [(tmp_path / "dir.jpg", "dir.jpg: is a directory, not an image"),
                         (tmp_path / "loop.jpg", "loop.jpg: symbolic link loop"),
-                        ("/dev/zero", "/dev/zero: is a character device, not a image")]:
+                        ("/dev/zero", "/dev/zero: is a character device, not an image")]:
         one_line_error(path, match)
 
 
@@ -180,7 +180,7 @@ except MixerError as e:
     print(e)
 """, timeout=60)  # Image.open on a FIFO blocked forever
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{fifo}: is a FIFO (named pipe), not a image"
+    assert result.stdout.strip() == f"{fifo}: is a FIFO (named pipe), not an image"
 
 
 def test_thin_images_are_refused_in_bounded_memory_and_time(tmp_path):
