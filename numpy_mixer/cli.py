@@ -18,7 +18,7 @@ import sys
 
 from . import __version__
 from .errors import MixerError
-from .fetch import is_url
+from . import files
 from .weights import ARCHITECTURES, DEFAULT_MODEL
 
 PROG = "numpy-mixer"
@@ -143,81 +143,15 @@ def say(kind, message):
 
 # --- predict ---------------------------------------------------------------------------------------
 
-def _kind(mode):
-    for test, name in [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")]:
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def image_extensions():
-    from PIL import Image
-
-    Image.init()
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def image_files(paths):
     """[(image, None) to classify, or (path, MixerError) that cannot be]: folders replaced by the image
-    files directly inside them, sorted; URLs kept as they are. Only regular files are ever opened (a
-    FIFO would block forever), and macOS's AppleDouble companions (._name.jpg) are left out of folders."""
-    extensions = None
-    items = []
-    for path in paths:
-        if is_url(path):
-            items.append((path, None))
-            continue
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            items.append((path, MixerError(f"{path}: no such file - check the path")))
-            continue
-        except (OSError, ValueError) as e:  # permission, a symlink loop, a NUL in the name ...
-            reason = getattr(e, "strerror", None) or str(e)
-            items.append((path, MixerError(f"{path}: cannot open ({reason}) - check the path and its permissions")))
-            continue
-        if stat.S_ISREG(mode):
-            items.append((path, None))
-        elif stat.S_ISDIR(mode):
-            extensions = extensions or image_extensions()
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as e:
-                items.append((path, MixerError(f"{path}: cannot list the folder ({e.strerror}) - check its permissions")))
-                continue
-            inside = [os.path.join(path, name) for name in names
-                      if os.path.splitext(name)[1].lower() in extensions and not name.startswith("._")
-                      and _is_regular(os.path.join(path, name))]
-            if not inside:
-                items.append((path, MixerError(f"{path}: folder has no image files (looked for "
-                                               f"{', '.join(sorted(extensions)[:6])}, ...) - pass image files")))
-            items.extend((image, None) for image in inside)
-        else:
-            items.append((path, MixerError(f"{path}: {_kind(mode)}, not an image file - pass an image file")))
-    return items
-
-
-def _is_regular(path):
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
+    files directly inside them, sorted; URLs kept as they are (numpy_mixer.files.image_files)."""
+    return files.image_files(paths, recursive=False)
 
 
 def check_weights_file(path):
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise MixerError(f"{path}: no such file (--weights takes a local .safetensors file; "
-                         "use --model for a name)") from None
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise MixerError(f"{path}: cannot open ({reason}) - check the path and its permissions") from None
-    if stat.S_ISDIR(mode):
-        raise MixerError(f"{path}: is a directory - --weights takes a .safetensors file")
-    if not stat.S_ISREG(mode):
-        raise MixerError(f"{path}: {_kind(mode)}, not a file - --weights takes a .safetensors file")
+    """A MixerError unless --weights names a regular file."""
+    files.check_regular(path, "safetensors file", " (--weights takes a local .safetensors file; use --model for a name)")
 
 
 def run_predict(args):

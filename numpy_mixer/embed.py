@@ -7,7 +7,9 @@
     result["paths"]       # [n] str, the file of each row
     result["failed"]      # [m] str, the files that could not be read (each reported on stderr)
 
-Folders are walked recursively, their image files sorted. The run streams: batch_size images at a time,
+Folders are walked recursively, their image files sorted (numpy_mixer.files.image_files, as predict's
+but recursive); http(s) URLs are fetched as predict fetches them. An input that cannot be read is
+reported, listed in failed, and skipped. The run streams: batch_size images at a time,
 each batch's embeddings written to FILE.npz.partial/ as one chunk (to a temporary name, then renamed,
 so a chunk on disk is always whole). An interrupted run continues with resume=True (--resume) from the
 chunks on disk, recomputing none of them. At the end the chunks are copied one by one into FILE.npz
@@ -25,6 +27,7 @@ import zipfile
 import numpy as np
 
 from .errors import MixerError
+from .files import check_regular, image_files
 
 DEFAULT_BATCH_SIZE = 16
 _RUN_FILE = "run.json"
@@ -33,47 +36,39 @@ _RUN_FILE = "run.json"
 # --- which files -----------------------------------------------------------------------------------------
 
 
-def _image_extensions():
-    from PIL import Image
+def collect_images(inputs, errors=None):
+    """Files and URLs as given, and every image file under each folder (recursively, sorted). -> [path]
 
-    Image.init()
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
-def collect_images(inputs):
-    """Files as given, and every image file under each folder (recursively, sorted). -> [path]"""
+    An input that cannot be used (missing, not a file, a folder without images) is kept in the list, in its
+    place, with its MixerError in errors ({path: error}, when given), so the run reports it and goes on;
+    without errors, the first one raises. If no input is usable, the first error raises either way.
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    extensions = _image_extensions()
-    files = []
-    for item in map(os.fspath, inputs):
-        if os.path.isdir(item):
-            found = []
-            for root, dirs, names in os.walk(item):
-                dirs.sort()
-                found.extend(os.path.join(root, n) for n in sorted(names)
-                             if os.path.splitext(n)[1].lower() in extensions)
-            if not found:
-                raise MixerError(f"{item}: folder has no image files "
-                                 f"(looked for {', '.join(sorted(extensions)[:6])}, ...)")
-            files.extend(found)
-        elif not os.path.exists(item):
-            raise MixerError(f"{item}: no such file or folder")
-        else:
-            files.append(item)
-    if not files:
+    items = image_files(inputs, recursive=True)
+    if not items:
         raise MixerError("no images to embed")
-    return files
+    problems = [(path, error) for path, error in items if error is not None]
+    if problems and (errors is None or len(problems) == len(items)):
+        raise problems[0][1]
+    if errors is not None:
+        errors.update(problems)
+    return [path for path, _ in items]
 
 
 # --- one batch -----------------------------------------------------------------------------------------------
 
 
-def embed_batch(model, paths):
-    """Pre-logits of the images that can be read. -> (ok [b'] indices into paths, [b', C] float32, [(i, reason)])"""
+def embed_batch(model, paths, errors=None):
+    """Pre-logits of the images that can be read. -> (ok [b'] indices into paths, [b', C] float32, [(i, reason)])
+
+    errors: {path: MixerError} already known (collect_images), reported without reading the path.
+    """
     inputs, ok, failed = [], [], []
     for i, path in enumerate(paths):
         try:
+            if errors and path in errors:
+                raise errors[path]
             inputs.append(model.preprocess(path))  # [3, S, S]
             ok.append(i)
         except MixerError as e:  # unreadable: skipped and reported, the run goes on
@@ -130,7 +125,7 @@ def _chunk_name(k):
 def embed(images, out=None, model=None, batch_size=DEFAULT_BATCH_SIZE, resume=False, progress=False):
     """Embed image files and folders; write FILE.npz (out) or, with out=None, keep them in memory.
 
-    images: files and folders (walked recursively); model: an MlpMixer, or a name/path for load_model
+    images: files, URLs and folders (walked recursively); model: an MlpMixer, or a name/path for load_model
     (default mixer_b16_224.goog_in21k_ft_in1k); resume: continue an interrupted run of the same inputs.
     Returns {"embeddings": [n, C] float32, "paths": [n] str, "failed": [m] str} (np.load's lazy NpzFile
     when out is given).
@@ -150,9 +145,12 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
         raise MixerError(f"{out}: the output file must end in .npz")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise MixerError(f"{out}: no such folder for the output file")
+    if os.path.isdir(out):
+        raise MixerError(f"{out}: is a directory; the output must be a file name ending in .npz")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
-    paths = collect_images(images)
+    errors = {}
+    paths = collect_images(images, errors)
     model = _load(model)
     partial = out + ".partial"
     run = _fingerprint(model, paths, batch_size)
@@ -183,7 +181,7 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
     with tqdm(total=len(paths), initial=done_images, unit="img", desc="embed", file=sys.stderr,
               disable=not progress) as bar:
         for k, (start, stop) in todo:
-            ok, features, failed = embed_batch(model, paths[start:stop])
+            ok, features, failed = embed_batch(model, paths[start:stop], errors)
             for _, reason in failed:
                 bar.write(f"numpy-mixer embed: skipped {reason}", file=sys.stderr)
             _save_atomic(os.path.join(partial, _chunk_name(k)), index=ok + start, embeddings=features,
@@ -238,7 +236,8 @@ def write_npz(out, paths, chunks, num_features):
 def add_cli_parser(sub):
     """The `embed` subcommand, on cli.py's subparsers."""
     p = sub.add_parser("embed", help="embeddings (pre-logits, float32 [n, C]) of images into a .npz file")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (walked recursively, sorted)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (walked recursively, sorted) or http(s) URLs")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", default=None, help="as for predict: a timm name, hf-hub:owner/repo, "
                                                       "local-dir:FOLDER, or digits")
@@ -256,8 +255,9 @@ def add_cli_parser(sub):
 def run_cli(args):
     if args.batch_size < 1:
         raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.weights and not os.path.isfile(args.weights):
-        raise MixerError(f"{args.weights}: no such file (--weights takes a local .safetensors file)")
+    if args.weights:  # as predict's (cli.check_weights_file)
+        check_regular(args.weights, "safetensors file", " (--weights takes a local .safetensors file; "
+                                                          "use --model for a name)")
     progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
     try:
         summary = embed_to_file(args.images, args.out, model=args.weights or args.model,

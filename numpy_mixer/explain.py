@@ -29,7 +29,7 @@ def _batch(model, x, target):
         targets = np.broadcast_to(np.asarray(target), (len(x),))
     except ValueError:
         raise MixerError(f"{np.size(target)} targets for {len(x)} images: give one int, or one per image") from None
-    if targets.dtype.kind not in "iu" or targets.min() < 0 or targets.max() >= model.num_classes:
+    if targets.dtype.kind not in "iu" or targets.size and (targets.min() < 0 or targets.max() >= model.num_classes):
         raise MixerError(f"target {target!r}: expected class indices from 0 to {model.num_classes - 1}, "
                          f"one int or one per image")
     return x, targets, single
@@ -41,6 +41,8 @@ def saliency(model, x, target):
     [3, H, W] -> [3, H, W], or [B, 3, H, W] with B targets -> [B, 3, H, W]
     """
     x, targets, single = _batch(model, x, target)
+    if len(x) == 0:  # an empty batch: empty maps, as the model gives empty logits
+        return np.zeros_like(x)
     logits, cache = backward.forward_with_cache(x, model.params, model.config.patch_size)  # [B, K]
     dlogits = np.zeros_like(logits)
     dlogits[np.arange(len(x)), targets] = 1  # d(sum of each image's target logit) / d logits

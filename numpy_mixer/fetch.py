@@ -1,11 +1,13 @@
 """Images by URL, as timm's model card opens its example: urlopen, with a timeout and a size cap.
 
-    img = fetch_image("https://example.com/cat.jpg")   # a loaded PIL image, or a one-line MixerError
+    data = fetch("https://example.com/cat.jpg")   # the bytes, or a one-line MixerError
+
+numpy_mixer.preprocess.load_image opens the bytes as it opens a file: the same decompression-bomb and
+aspect-ratio checks on the declared size before any pixel is decoded.
 
 Only the standard library (urllib): the bytes are read in chunks and the download stops at MAX_BYTES,
 so a huge or endless response costs at most that much memory.
 """
-import io
 import socket
 import urllib.error
 import urllib.request
@@ -56,21 +58,3 @@ def fetch(url, timeout=TIMEOUT_S, max_bytes=MAX_BYTES):
 def _too_large(url, max_bytes):
     return MixerError(f"{url}: the response is larger than {max_bytes:,} bytes - this is not a photo; "
                       "download it yourself if you are sure")
-
-
-def fetch_image(url, timeout=TIMEOUT_S, max_bytes=MAX_BYTES):
-    """A loaded PIL image from an http(s) URL, or a MixerError (offline, bad status, too large, not an image)."""
-    from PIL import Image, UnidentifiedImageError
-
-    data = fetch(url, timeout, max_bytes)
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            return opened.copy()
-    except UnidentifiedImageError:
-        raise MixerError(f"{url}: not an image Pillow can read ({len(data):,} bytes, starting "
-                         f"{data[:16]!r}) - check that the URL points at the image itself, not a web page") from None
-    except Image.DecompressionBombError as e:
-        raise MixerError(f"{url}: {e}") from None
-    except (OSError, ValueError) as e:  # truncated or corrupt image data
-        raise MixerError(f"{url}: cannot read the image ({e}) - download it again") from None

@@ -12,6 +12,7 @@ pixels before the crop, so an aspect ratio past 256:1 (MAX_RESIZED_PIXELS) is re
 Files are opened as regular files only (a FIFO would block), and their declared size is checked
 against Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS) before any pixel is decoded.
 """
+import io
 import math
 import os
 import struct
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MixerError
+from .fetch import fetch, is_url
 from .files import open_regular
 from .weights import DEFAULT_PREPROCESSING
 
@@ -36,15 +38,20 @@ _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Imag
 MAX_RESIZED_PIXELS = 1 << 24
 
 
-def _open_file(path, check_size=None):
-    """An image file -> an RGB PIL image, or a MixerError naming the file; check_size(w, h) before decoding."""
-    with open_regular(path, "image") as f:
+def _open_file(path, check_size=None, data=None):
+    """An image file -> an RGB PIL image, or a MixerError naming the file; check_size(w, h) before decoding.
+
+    data: the bytes fetched from the URL path (numpy_mixer.fetch), checked exactly as a file's.
+    """
+    with open_regular(path, "image") if data is None else io.BytesIO(data) as f:
         try:
             with warnings.catch_warnings():  # the size is checked below, with a message that says what to do
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 opened = Image.open(f)
         except UnidentifiedImageError:
-            raise MixerError(f"{path}: not an image Pillow can read") from None
+            hint = "" if data is None else (f" ({len(data):,} bytes, starting {data[:16]!r}) - check that the URL "
+                                            "points at the image itself, not a web page")
+            raise MixerError(f"{path}: not an image Pillow can read{hint}") from None
         except Image.DecompressionBombError:
             raise MixerError(f"{path}: declares more than twice {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's "
                              "decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); raise it if you trust "
@@ -81,9 +88,8 @@ def load_image(img, check_size=None):
 
     check_size(width, height), if given, runs on a file's declared size before its pixels are decoded.
     """
-    if isinstance(img, str) and img[:8].lower().startswith(("http://", "https://")):  # numpy_mixer.fetch
-        from .fetch import fetch_image
-        return load_image(fetch_image(img))
+    if is_url(img):  # the downloaded bytes get the same checks before decoding as a file
+        return _open_file(img, check_size, data=fetch(img))
     if isinstance(img, (str, os.PathLike)):
         return _open_file(img, check_size)
     if isinstance(img, Image.Image):

@@ -305,9 +305,7 @@ def digits_data(cfg, test_size=0.2, split_seed=0):
 def sklearn_digit_pictures(test_size=0.2, split_seed=0):
     """sklearn's 1,797 digits as dark-on-light uint8 pictures (digit_image), with a stratified held-out split.
     -> (images_train [B, 8, 8] uint8, y_train [B], images_test, y_test)"""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
+    load_digits, train_test_split = _sklearn()
     digits = load_digits()
     images = np.stack([digit_image(v) for v in digits.images])  # [1797, 8, 8] uint8
     index_train, index_test = train_test_split(np.arange(len(images)), test_size=test_size, random_state=split_seed,

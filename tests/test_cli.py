@@ -390,13 +390,15 @@ def test_images_by_url(http_server, photos):
 
 
 def test_train_extra_is_named_when_scikit_learn_is_missing(monkeypatch):
-    from numpy_mixer.train import digits_data
+    from numpy_mixer.train import digits_data, digits_heldout_sets, digits_training_set
     from numpy_mixer.weights import BUNDLED
 
     for module in ["sklearn", "sklearn.datasets", "sklearn.model_selection"]:
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
-    with pytest.raises(MixerError, match=r'pip install "numpy-mixer\[train\]"'):
-        digits_data(BUNDLED["digits"])
+    for call in [lambda: digits_data(BUNDLED["digits"]), lambda: digits_heldout_sets(BUNDLED["digits"]),
+                 lambda: digits_training_set(BUNDLED["digits"], 1, 1, 1, seed=0)]:
+        with pytest.raises(MixerError, match=r'pip install "numpy-mixer\[train\]"'):
+            call()
 
 
 def test_threadpoolctl_is_a_run_time_dependency_and_one_worker_is_the_fallback(monkeypatch, rng):

@@ -190,3 +190,66 @@ def test_command_line(tmp_path, digits_model):
     again = subprocess.run([sys.executable, "-m", "numpy_mixer", "embed", str(tmp_path / "nowhere"), "--out", str(out),
                             "--model", "digits"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "nowhere" in again.stderr
+
+
+def test_inputs_are_listed_as_predict_lists_them_and_a_missing_one_is_skipped(tmp_path, digits_model):
+    paths = write_crops(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "part0" / "._img0000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS companion
+    os.mkfifo(tmp_path / "imgs" / "part0" / "pipe.jpg")  # not a regular file: never listed, never opened
+    missing = str(tmp_path / "missing.jpg")
+    result = numpy_mixer.embed([paths[0], missing, tmp_path / "imgs"], model=digits_model)
+    assert list(result["paths"]) == [paths[0]] + paths
+    assert list(result["failed"]) == [missing] and "missing.jpg: no such file" in result["failed_reasons"][0]
+    np.testing.assert_array_equal(result["embeddings"][0], result["embeddings"][1])
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, digits_model):
+    paths = write_crops(tmp_path / "imgs", 2)
+    (tmp_path / "x.npz").mkdir()
+    with pytest.raises(MixerError, match=r"x.npz: is a directory; the output must be a file name ending in .npz"):
+        numpy_mixer.embed(paths, tmp_path / "x.npz", model=digits_model)
+    assert not (tmp_path / "x.npz.partial").exists() and os.listdir(tmp_path / "x.npz") == []
+
+
+def test_weights_that_are_not_a_regular_file_get_predicts_message(tmp_path):
+    import argparse
+
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for weights, words in [(tmp_path, "is a directory, not a safetensors file"),
+                           (tmp_path / "pipe.safetensors", "is a FIFO (named pipe), not a safetensors file"),
+                           (tmp_path / "gone.safetensors", "gone.safetensors: no such file")]:
+        args = argparse.Namespace(batch_size=1, weights=str(weights), model=None, images=["x.jpg"],
+                                  out=str(tmp_path / "e.npz"), resume=False, progress="off")
+        with pytest.raises(MixerError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
+            embed_module.run_cli(args)
+        assert "\n" not in str(info.value) and "--weights takes a local .safetensors file" in str(info.value)
+
+
+def test_urls_are_embedded_as_predict_takes_them(tmp_path, digits_model):
+    import http.server
+    import threading
+
+    paths = write_crops(tmp_path / "imgs", 2)
+    body = Path(paths[1]).read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/img.png" else 404)
+            self.send_header("Content-Length", str(len(body) if self.path == "/img.png" else 0))
+            self.end_headers()
+            if self.path == "/img.png":
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/img.png"
+        result = numpy_mixer.embed([paths[1], url, url[:-7] + "gone.png"], model=digits_model)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(result["paths"]) == [paths[1], url] and "HTTP 404" in result["failed_reasons"][0]
+    np.testing.assert_array_equal(result["embeddings"][0], result["embeddings"][1])

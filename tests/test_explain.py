@@ -108,3 +108,12 @@ def test_headless_model_is_refused():
     model = MlpMixer(random_state_dict(config_for(ARCH, num_classes=0, depth=1), seed=0))
     with pytest.raises(MixerError, match="no head"):
         saliency(model, np.zeros((3, 224, 224), np.float32), 0)
+
+
+def test_empty_batch_gives_empty_maps():
+    model = MlpMixer(random_state_dict(config_for(ARCH, num_classes=10, depth=1), seed=0))
+    x = np.zeros((0, 3, 224, 224), np.float32)
+    for explain in (saliency, gradient_x_input):
+        for target in (1, np.zeros(0, np.int64)):
+            maps = explain(model, x, target)
+            assert maps.shape == (0, 3, 224, 224) and maps.dtype == np.float32

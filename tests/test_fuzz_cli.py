@@ -151,7 +151,7 @@ TABLE = [
     (["predict", "truncated.png", "--model", "digits"], 1, "truncated.png"),
     (["predict", "bomb.png", "--model", "digits"], 1, "bomb.png"),
     (["predict", "._cat.jpg", "--model", "digits"], 1, "._cat.jpg"),
-    (["predict", "fifo.jpg", "--model", "digits"], 1, "fifo.jpg: a FIFO, not an image file"),
+    (["predict", "fifo.jpg", "--model", "digits"], 1, "fifo.jpg: is a FIFO (named pipe), not an image file"),
     (["predict", "loop.jpg", "--model", "digits"], 1, "loop.jpg: cannot open"),
     (["predict", "no-images", "--model", "digits"], 1, "no-images: folder has no image files"),
     (["predict", "folder", "--model", "digits"], 1, "1 of 2 images could not be classified"),

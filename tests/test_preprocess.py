@@ -142,9 +142,9 @@ def test_images_without_pixels_closed_or_truncated(tmp_path):
 def test_special_files_get_the_right_message(tmp_path):
     os.mkdir(tmp_path / "dir.jpg")
     os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
-    for path, match in [(tmp_path / "dir.jpg", "dir.jpg: is a directory, not a image"),
+    for path, match in [(tmp_path / "dir.jpg", "dir.jpg: is a directory, not an image"),
                         (tmp_path / "loop.jpg", "loop.jpg: symbolic link loop"),
-                        ("/dev/zero", "/dev/zero: is a character device, not a image")]:
+                        ("/dev/zero", "/dev/zero: is a character device, not an image")]:
         one_line_error(path, match)
 
 
@@ -180,7 +180,7 @@ except MixerError as e:
     print(e)
 """, timeout=60)  # Image.open on a FIFO blocked forever
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{fifo}: is a FIFO (named pipe), not a image"
+    assert result.stdout.strip() == f"{fifo}: is a FIFO (named pipe), not an image"
 
 
 def test_thin_images_are_refused_in_bounded_memory_and_time(tmp_path):
@@ -222,3 +222,36 @@ def test_the_thinnest_accepted_images_equal_timm(transforms, size):
     img = Image.fromarray(rng.integers(0, 256, size[::-1] + (3,), dtype=np.uint8))
     for cfg_name, cfg in [("goog", GOOG), ("miil", MIIL)]:
         np.testing.assert_array_equal(preprocess(img, cfg), transforms[cfg_name](img).numpy())
+
+
+def test_images_by_url_get_the_same_checks_before_decoding_as_files(tmp_path):
+    """The bytes of a URL are opened as a file is: a declared bomb or a thin strip is refused, not decoded."""
+    import http.server
+    import threading
+
+    bodies = {"/large.png": png_declaring(10_000, 10_000), "/thin.png": png_declaring(3, 65_000)}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = bodies[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for name, words in [("large.png", r"10000x10000 = 100,000,000 pixels, over Pillow's decompression-bomb limit"),
+                            ("thin.png", r"3x65000 pixels, an aspect ratio of 21,667:1")]:
+            (tmp_path / name).write_bytes(bodies["/" + name])
+            as_file = one_line_error(tmp_path / name, words)
+            as_url = one_line_error(f"{base}/{name}", words)
+            assert as_url == as_file.replace(str(tmp_path), base)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -31,8 +31,8 @@ import time
 
 from numpy_mixer.checkpoint import save_checkpoint
 from numpy_mixer.model import MlpMixer
-from numpy_mixer.train import (accuracy, digits_heldout_sets, digits_training_set, init_state_dict, predict_logits,
-                               random_polarity, train)
+from numpy_mixer.train import (_sklearn, accuracy, digits_heldout_sets, digits_training_set, init_state_dict,
+                               predict_logits, random_polarity, train)
 from numpy_mixer.weights import BUNDLED, MixerConfig
 
 CONFIG = MixerConfig(patch_size=6, img_size=24, in_chans=3, embed_dim=64, depth=4, tokens_dim=32,
@@ -83,7 +83,7 @@ def main(argv=None):
     x_train, y_train = digits_training_set(cfg, RECIPE["drawn"], RECIPE["placed_copies"], RECIPE["full_copies"],
                                            seed=args.seed)
     if args.tune:  # never look at the held-out sets while choosing the recipe
-        from sklearn.model_selection import train_test_split
+        _, train_test_split = _sklearn()
         x_train, x_val, y_train, y_val = train_test_split(x_train, y_train, test_size=0.1, random_state=1,
                                                           stratify=y_train)
         heldout = {"validation (part of train)": (x_val, y_val)}
