@@ -158,7 +158,7 @@ TABLE = [
     (["predict", "folder", "missing", "fifo.jpg", "--model", "digits", "--json"], 1, "3 of 4 images"),
     (["predict", "dead-url", "--model", "digits"], 1, "cannot fetch the image"),
     (["predict", "cat.jpg", "--weights", "tiny.safetensors", "--json"], 0, None),
-    (["predict", "cat.jpg", "gray.png", "--weights", "nan.safetensors"], 1, "2 of 2 images"),
+    (["predict", "cat.jpg", "gray.png", "--weights", "nan.safetensors"], 1, "'head.bias' has 10 NaN"),  # refused at load
     (["predict", "cat.jpg", "--weights", "nan.safetensors", "--json"], 1, "NaN"),
     (["predict", "cat.jpg", "--weights", "cut.safetensors"], 1, "cut.safetensors"),
     (["predict", "cat.jpg", "--weights", "headless.safetensors"], 1, "no classifier head"),
