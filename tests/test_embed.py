@@ -15,6 +15,7 @@ import numpy_mixer
 from numpy_mixer import MixerError, load_model
 
 from .conftest import timm_model
+from .helpers import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 embed_module = importlib.import_module("numpy_mixer.embed")  # numpy_mixer.embed itself is the function
@@ -226,30 +227,9 @@ def test_weights_that_are_not_a_regular_file_get_predicts_message(tmp_path):
 
 
 def test_urls_are_embedded_as_predict_takes_them(tmp_path, digits_model):
-    import http.server
-    import threading
-
     paths = write_crops(tmp_path / "imgs", 2)
-    body = Path(paths[1]).read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/img.png" else 404)
-            self.send_header("Content-Length", str(len(body) if self.path == "/img.png" else 0))
-            self.end_headers()
-            if self.path == "/img.png":
-                self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/img.png"
-        result = numpy_mixer.embed([paths[1], url, url[:-7] + "gone.png"], model=digits_model)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve({"/img.png": Path(paths[1]).read_bytes()}) as base:
+        url = f"{base}/img.png"
+        result = numpy_mixer.embed([paths[1], url, f"{base}/gone.png"], model=digits_model)
     assert list(result["paths"]) == [paths[1], url] and "HTTP 404" in result["failed_reasons"][0]
     np.testing.assert_array_equal(result["embeddings"][0], result["embeddings"][1])

@@ -1,7 +1,5 @@
 """Preprocessing against timm's eval transform, on scikit-image's real photos: equal to the bit."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from PIL import Image
 from numpy_mixer import preprocess
 from numpy_mixer.errors import MixerError
 from numpy_mixer.weights import PRETRAINED
+from .helpers import run_python, serve
 
 GOOG = PRETRAINED["mixer_b16_224.goog_in21k_ft_in1k"]
 MIIL = PRETRAINED["mixer_b16_224.miil_in21k_ft_in1k"]
@@ -162,12 +161,6 @@ def test_unreadable_image_says_permission_denied(tmp_path):
             os.seteuid(0)
 
 
-def run_python(code, timeout=120):
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd="/")
-
-
 def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
@@ -226,32 +219,11 @@ def test_the_thinnest_accepted_images_equal_timm(transforms, size):
 
 def test_images_by_url_get_the_same_checks_before_decoding_as_files(tmp_path):
     """The bytes of a URL are opened as a file is: a declared bomb or a thin strip is refused, not decoded."""
-    import http.server
-    import threading
-
     bodies = {"/large.png": png_declaring(10_000, 10_000), "/thin.png": png_declaring(3, 65_000)}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = bodies[self.path]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve(bodies) as base:
         for name, words in [("large.png", r"10000x10000 = 100,000,000 pixels, over Pillow's decompression-bomb limit"),
                             ("thin.png", r"3x65000 pixels, an aspect ratio of 21,667:1")]:
             (tmp_path / name).write_bytes(bodies["/" + name])
             as_file = one_line_error(tmp_path / name, words)
             as_url = one_line_error(f"{base}/{name}", words)
             assert as_url == as_file.replace(str(tmp_path), base)
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -13,6 +13,7 @@ from numpy_mixer import load_model
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.errors import MixerError
 from numpy_mixer.weights import read_safetensors
+from .helpers import run_python
 
 TAG = "mixer_b16_224.goog_in21k_ft_in1k"
 
@@ -376,13 +377,6 @@ def test_special_files_get_the_right_message(tmp_path):
                         ("/dev/zero", "is a character device, not a safetensors file")]:
         with pytest.raises(MixerError, match=match):
             load_model(path)
-
-
-def run_python(code, timeout=120):
-    """Run code in a fresh interpreter (this checkout's numpy_mixer); return the CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd="/")
 
 
 def test_fifo_is_refused_without_blocking(tmp_path):

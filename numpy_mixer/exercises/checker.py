@@ -166,7 +166,7 @@ def _compare(exercise, case, out, expected, args, output=None):
         max_diff = float(np.abs(out.astype(np.float64) - expected).max())
         if out.dtype != expected.dtype:
             if out.dtype == np.float64 and expected.dtype == np.float32:
-                return False, False, max_diff, f"dtype float64, expected float32", catalogue.FLOAT64
+                return False, False, max_diff, "dtype float64, expected float32", catalogue.FLOAT64
             if out.dtype == np.float32 and expected.dtype == np.float64:
                 return False, False, max_diff, "dtype float32, expected float64 (the inputs' dtype)", None
             return False, False, max_diff, f"dtype {out.dtype}, expected {expected.dtype}", None
