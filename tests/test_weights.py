@@ -372,7 +372,8 @@ def test_headless_shapes_that_would_crash_indexing_are_refused(tmp_path):
 def test_special_files_get_the_right_message(tmp_path):
     os.mkdir(tmp_path / "dir.safetensors")
     os.symlink(tmp_path / "loop.safetensors", tmp_path / "loop.safetensors")
-    for path, match in [(tmp_path / "dir.safetensors", "is a directory, not a safetensors file"),
+    # a folder is timm's local-dir layout (numpy_mixer.hub), whatever its name: it must hold config.json
+    for path, match in [(tmp_path / "dir.safetensors", "no config.json in the folder"),
                         (tmp_path / "loop.safetensors", "symbolic link loop"),
                         ("/dev/zero", "is a character device, not a safetensors file")]:
         with pytest.raises(MixerError, match=match):
