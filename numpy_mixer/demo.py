@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .checkpoint import config_for, random_state_dict, save_checkpoint
 from .errors import MixerError
+from .hub import WEIGHTS_NAME, cached_hub_file
 from .hub import hub_reachable as _hub_reachable  # the 3-s probe, shared with the loader
 from .model import MlpMixer, load_model
 from .weights import ARCHITECTURES, DEFAULT_MODEL, PRETRAINED, read_safetensors
@@ -47,7 +48,7 @@ def demo_model(name=DEFAULT_MODEL, num_classes=None, seed=0):
     tag = name if name in PRETRAINED else next((t for t in PRETRAINED if t.split(".")[0] == name), None)
     model = real = None
     if choice == "auto" and tag is not None:
-        cached = _cached_pretrained(tag)
+        cached = cached_hub_file(f"timm/{tag}", WEIGHTS_NAME)
         if cached:  # straight from the cache: no request to the hub, no wait when offline
             model, real = MlpMixer(read_safetensors(cached), dict(PRETRAINED[tag], name=tag), tag), True
         elif _hub_reachable():
@@ -120,14 +121,6 @@ def _random_model(arch, tag, seed):
     num_classes = cfg.pop("num_classes", 1000)
     name = f"{tag or arch}, random seed {seed}"
     return MlpMixer(read_safetensors(random_checkpoint(arch, num_classes, seed)), dict(cfg, name=name), name)
-
-
-def _cached_pretrained(tag):
-    """The pretrained file's path in the Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    path = try_to_load_from_cache(f"timm/{tag}", "model.safetensors")
-    return path if isinstance(path, str) else None
 
 
 def _is_random_checkpoint(path):
