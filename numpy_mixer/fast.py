@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import layers
+from . import layers, processes
 
 _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases: slack for a busy core, few GIL rounds
@@ -359,7 +359,33 @@ def forward_features(x, params, patch_size=16, workers=None):
     """
     with _run_lock:
         W = workers or num_workers()  # read inside the lock: not the 1 of another call's BLAS limit
+        if W > 1 and _blas() is not None and processes.supported():
+            return _forward_processes(x, params, patch_size, W)
         return _forward(x, params, patch_size, W, W, None)
+
+
+def _forward_processes(x, params, patch_size, W):
+    """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, the tiles
+    of each phase shared i, i+W, i+2W, ... over them, over shared memory."""
+    if x.dtype != _F32:
+        raise TypeError(f"the fast path runs float32, got {x.dtype}")
+    B, channels, height, width = x.shape
+    P = patch_size
+    N = (height // P) * (width // P)
+    _, C, T, H = model_shape(params, P, P)
+    job = dict(B=B, N=N, C=C, T=T, H=H, P=P, patch_inputs=channels * P * P)
+    try:
+        pool = processes.pool(W)
+        pool.use_weights(params)
+        buffer = pool.use_activations(buffer_size(_layout(B, N, C, H, channels * P * P)))
+        _, a, _, steps = _prepare(x, params, patch_size, W, buffer)
+        scratch = _scratch()
+        with _blas().limit(limits=1):  # this process is worker 0: single-threaded BLAS, as the others
+            pool.run(job, lambda barrier: run_phases(steps, barrier, lambda i, tiles: tiles[0::W], scratch))
+    except BaseException:
+        processes.discard()  # whatever went wrong, the next call starts from fresh workers
+        raise
+    return np.array(a["normed"].transpose(1, 0, 2), order="C")  # [N, B, C] -> [B, N, C], out of shared memory
 
 
 def time_tasks(x, params, patch_size=16, plan_workers=1):
@@ -372,24 +398,46 @@ def time_tasks(x, params, patch_size=16, plan_workers=1):
         return _forward(x, params, patch_size, 1, plan_workers, record), record
 
 
-def _forward(x, params, patch_size, W, plan_workers, record):
-    if x.dtype != _F32:
-        raise TypeError(f"the fast path runs float32, got {x.dtype}")
-    p = _plain(params)
-    B, _, height, width = x.shape
-    P = patch_size
-    N = (height // P) * (width // P)
+def _layout(B, N, C, H, patch_inputs):
+    """(name, shape) of the forward pass's arrays, in the order they sit in one buffer."""
+    return [("patches", (N * B, patch_inputs)),  # the stem's input, token-major: [N*B, 3*P*P]
+            ("tokens", (N, B, C)),  # the residual stream, token-major
+            ("normed", (N, B, C)),  # LayerNorm of it: norm1, norm2 or the final norm
+            ("hidden", (N * B, H))]  # GELU(fc1(norm2(x))) of the channel MLP
+
+
+ALIGN = 16  # each array of a shared buffer starts on a 64-byte boundary (16 float32)
+
+
+def buffer_size(layout):
+    """float32 values a buffer holding the layout's arrays needs (each one aligned)."""
+    return sum(-(-math.prod(shape) // ALIGN) * ALIGN for _, shape in layout)
+
+
+def arrays(layout, buffer=None):
+    """{name: float32 array} of the layout: views of `buffer` (flat float32, buffer_size long), or new."""
+    if buffer is None:
+        return {name: np.empty(shape, _F32) for name, shape in layout}
+    out, at = {}, 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        out[name] = buffer[at:at + size].reshape(shape)
+        at += -(-size // ALIGN) * ALIGN
+    return out
+
+
+def phases(p, a, tasks, P):
+    """[(phase name, tiles, fn(tile, scratch))] of one forward pass, in order, barriers between them.
+
+    p: the params tree (plain arrays); a: the arrays of _layout (a["patches"] filled in); tasks: the
+    Plan; P: the patch size. Any worker may run any tile: each writes only its own part of the arrays.
+    """
     blocks = p["blocks"]
-    _, C, T, H = model_shape(p, P, P)
-    tasks = plan(B, N, C, T, H, plan_workers, x.shape[1] * P * P)
-    # the stem conv as one matmul, on the tiles of layers.patchify, token-major: [N*B, 3*P*P]
-    patches = layers.patchify(x, P).transpose(1, 0, 2).reshape(N * B, -1)
+    N, B, C = a["tokens"].shape
+    patches, hidden = a["patches"], a["hidden"]
     stem_w = p["stem"]["proj"]["weight"].reshape(C, -1)  # [C, 3*P*P], a view
-    tokens = np.empty((N, B, C), _F32)  # the residual stream, token-major
-    normed = np.empty((N, B, C), _F32)  # LayerNorm of it: norm1, norm2 or the final norm
-    hidden = np.empty((N * B, H), _F32)  # GELU(fc1(norm2(x))) of the channel MLP
-    rows, normed_rows = tokens.reshape(N * B, C), normed.reshape(N * B, C)  # [N*B, C] views
-    cols, normed_cols = tokens.reshape(N, B * C), normed.reshape(N, B * C)  # [N, B*C] views
+    rows, normed_rows = a["tokens"].reshape(N * B, C), a["normed"].reshape(N * B, C)  # [N*B, C] views
+    cols, normed_cols = a["tokens"].reshape(N, B * C), a["normed"].reshape(N, B * C)  # [N, B*C] views
 
     def next_norm(i):
         return blocks[i]["norm1"] if i < len(blocks) else p["norm"]
@@ -429,31 +477,54 @@ def _forward(x, params, patch_size, W, plan_workers, record):
     run_fns = [stem(next_norm(0))]
     for i, block in enumerate(blocks):
         run_fns += [token(block), norm(block["norm2"]), fc1(block), fc2(block), norm(next_norm(i + 1))]
-    phases = [(name, tiles, fn) for (name, tiles), fn in zip(tasks.phases(len(blocks)), run_fns)]
-    # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
-    queues = [iter(tiles) for _, tiles, _ in phases]
+    return [(name, tiles, fn) for (name, tiles), fn in zip(tasks.phases(len(blocks)), run_fns)]
 
-    def work(barrier):
-        scratch = _scratch()
-        for i, ((_, _, fn), queue) in enumerate(zip(phases, queues)):
-            if i:
-                barrier.wait()
-            for tile in queue:
-                fn(tile, scratch)
 
+def run_phases(steps, barrier, share, scratch):
+    """Run this worker's share of every phase, waiting at the barrier between phases.
+
+    share(i, tiles): an iterable of the tiles of phase i this worker runs (a queue shared by the
+    threads, or a fixed slice per worker process).
+    """
+    for i, (_, tiles, fn) in enumerate(steps):
+        if i:
+            barrier.wait()
+        for tile in share(i, tiles):
+            fn(tile, scratch)
+
+
+def _prepare(x, params, patch_size, plan_workers, buffer=None):
+    """(plain params, arrays with the patches filled in, plan, phase steps) of one forward pass."""
+    if x.dtype != _F32:
+        raise TypeError(f"the fast path runs float32, got {x.dtype}")
+    p = _plain(params)
+    B, channels, height, width = x.shape
+    P = patch_size
+    N = (height // P) * (width // P)
+    _, C, T, H = model_shape(p, P, P)
+    tasks = plan(B, N, C, T, H, plan_workers, channels * P * P)
+    a = arrays(_layout(B, N, C, H, channels * P * P), buffer)
+    # the stem conv as one matmul, on the tiles of layers.patchify, token-major: [N*B, 3*P*P]
+    a["patches"].reshape(N, B, -1)[...] = layers.patchify(x, P).transpose(1, 0, 2)
+    return p, a, tasks, phases(p, a, tasks, P)
+
+
+def _forward(x, params, patch_size, W, plan_workers, record):
+    _, a, _, steps = _prepare(x, params, patch_size, plan_workers)
     if record is not None:  # one worker, each task timed
-        def work(barrier):  # noqa: F811 (the timed twin of the loop above)
-            scratch = _scratch()
-            for name, tiles, fn in phases:
-                seconds = []
-                for tile in tiles:
-                    start = time.thread_time()  # CPU time of this thread: what the task costs, not what
-                    fn(tile, scratch)  # other processes on a busy machine took from it meanwhile
-                    seconds.append(time.thread_time() - start)
-                record.append((name, seconds))
-
-    _run(work, W)
-    return np.ascontiguousarray(normed.transpose(1, 0, 2))  # [N, B, C] -> [B, N, C]
+        scratch = _scratch()
+        for name, tiles, fn in steps:
+            seconds = []
+            for tile in tiles:
+                start = time.thread_time()  # CPU time of this thread: what the task costs, not what
+                fn(tile, scratch)  # other processes on a busy machine took from it meanwhile
+                seconds.append(time.thread_time() - start)
+            record.append((name, seconds))
+    else:
+        # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
+        queues = [iter(tiles) for _, tiles, _ in steps]
+        _run(lambda barrier: run_phases(steps, barrier, lambda i, _: queues[i], _scratch()), W)
+    return np.ascontiguousarray(a["normed"].transpose(1, 0, 2))  # [N, B, C] -> [B, N, C]
 
 
 def _run(work, W):

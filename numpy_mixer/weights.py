@@ -378,6 +378,9 @@ def read_safetensors(path, check=None):
             check({key: TensorSpec(shape, _LOADS_AS[dtype]) for key, dtype, shape, _, _ in entries})
         try:  # one map of the whole file, shared by every tensor (np.memmap of a view keeps it alive)
             data = np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size > data_start else None
+            if data is not None:  # the file's name, for worker processes that map it again (views keep it)
+                data.filename = os.path.abspath(path)
+                data.file_stat = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]  # the file as mapped
         except (ValueError, OSError) as e:  # the file shrank since it was measured
             raise MixerError(f"{path}: the file changed while it was being read ({e})") from None
     tensors = Tensors()

@@ -59,9 +59,12 @@ def test_fast_matches_readable(arch, batch, classes):
 WORKER_COUNTS = (1, 2, 3, 8, 16)  # 8 and 16 oversubscribe a 2-core machine: fine, the bits must not move
 
 
+@pytest.mark.parametrize("mode", ["threads", "processes"])
 @pytest.mark.parametrize("arch,batch", [("mixer_s16_224", 1), ("mixer_s32_224", 3), ("mixer_b16_224", 2)])
-def test_the_same_bits_for_any_worker_count(arch, batch):
-    """Run on W threads for W in WORKER_COUNTS, and every plan up to W = 64 run on one thread: one result."""
+def test_the_same_bits_for_any_worker_count(arch, batch, mode, monkeypatch):
+    """Run on W threads or worker processes for W in WORKER_COUNTS, and every plan up to W = 64 run on
+    one thread: one result."""
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", mode)
     model = MlpMixer(random_state_dict(config_for(arch, depth=2), seed=1))
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
     P = model.config.patch_size
@@ -84,7 +87,9 @@ def test_the_same_bits_for_any_worker_count(arch, batch):
 
 
 def test_the_same_bits_however_the_tasks_are_shared(monkeypatch):
-    """A worker slowed down takes fewer tasks (no fixed split) and the result does not move."""
+    """A worker thread slowed down takes fewer tasks (threads take tasks as they come) and the result
+    does not move."""
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", "threads")
     model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=2), seed=1))
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
     reference = fast.forward_features(x, model.params, 16, workers=1)

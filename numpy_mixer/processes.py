@@ -1,0 +1,495 @@
+"""Worker processes for the fast path: fast.py's tasks on W-1 helper processes and this one.
+
+Why processes: threads share one GIL, and every task is a chain of NumPy calls with Python between
+them. Measured on a 16-core Xeon (.devrun-style diagnostics, the README has the figures), GELU on
+a [196, 3072] tile split over 16 threads took 3.9 ms, twice as long as on one thread (1.9 ms), and
+0.21 ms over 16 processes; a threading.Barrier round of 16 threads took 836 us. Processes run their
+Python side by side, and a barrier of flags in shared memory takes about 4 us.
+
+How:
+- the helpers are plain `python -c` processes (not multiprocessing's spawn, which re-runs the
+  caller's script), started once, with single-threaded BLAS; they talk to this process over pipes in
+  JSON (never pickle), and map the same memory:
+  - the weights: a safetensors file's own map is mapped again from the file (the page cache is shared:
+    no copy); weights held in memory are copied once into a shared buffer;
+  - the activations (fast._layout) and a control block (one barrier flag per worker, an abort flag),
+    in files under /dev/shm (or the temp folder) that are deleted once every worker has them mapped.
+- each worker runs the tiles i, i + W, i + 2W, ... of every phase of fast.plan (fixed shares: the
+  bits do not depend on who runs a tile), and waits at a flag barrier between phases: it spins a few
+  thousand checks, then yields its core (so that more workers than cores still finish).
+- the barrier relies on x86's store order (a worker's results are visible before its flag); on other
+  processors fast.py uses threads. NUMPY_MIXER_WORKERS=threads or =processes chooses by hand.
+- a worker that fails or dies stops the pass with one line naming it; the pool is started afresh on
+  the next call. Workers exit when this process does (their pipe closes).
+"""
+import atexit
+import json
+import mmap
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+
+from .errors import MixerError
+
+SPIN_CHECKS = 3000  # flag checks (about 1 us each) before a waiting worker starts to yield its core
+START_SECONDS = 60  # workers that have not said hello by then are given up on
+FLAG_STRIDE = 16  # int64s between two workers' flags: one 128-byte line each, no false sharing
+ENV = "NUMPY_MIXER_WORKERS"
+
+
+class WorkerError(MixerError):
+    """A worker process failed or died."""
+
+
+def supported():
+    """Whether worker processes are used for W > 1: NUMPY_MIXER_WORKERS, else x86-64 Linux or macOS."""
+    choice = os.environ.get(ENV, "auto").strip().lower()
+    if choice in ("threads", "thread"):
+        return False
+    if choice in ("processes", "process"):
+        return True
+    return platform.machine().lower() in ("x86_64", "amd64") and sys.platform in ("linux", "darwin")
+
+
+# --- shared memory: files mapped by every process -------------------------------------------------------
+
+def _shared_folder():
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class SharedFile:
+    """A file of `size` bytes mapped read-write here; other processes map it by path until unlink()."""
+
+    def __init__(self, size):
+        fd, self.path = tempfile.mkstemp(prefix="numpy-mixer-", dir=_shared_folder())
+        try:
+            os.ftruncate(fd, max(size, 1))
+            self.map = mmap.mmap(fd, max(size, 1))
+        except OSError as e:
+            os.close(fd)
+            os.unlink(self.path)
+            raise MixerError(f"{self.path}: cannot make {size:,} bytes of shared memory for the worker "
+                             f"processes ({e}); set {ENV}=threads") from None
+        os.close(fd)
+        self.size = size
+        _live_files.add(self.path)
+
+    def unlink(self):
+        if self.path in _live_files:
+            _live_files.discard(self.path)
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+_live_files = set()
+atexit.register(lambda: [os.unlink(p) for p in list(_live_files) if os.path.exists(p)])
+
+
+def map_file(path, size, offset=0, writable=True):
+    """A memory map of size bytes of a file from offset (offset a multiple of the page size)."""
+    with open(path, "r+b" if writable else "rb") as f:
+        return mmap.mmap(f.fileno(), size, offset=offset, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+
+
+# --- the weights: where each leaf of the params tree lives -----------------------------------------------
+
+def _leaves(tree, path=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, path + (k,))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _leaves(v, path + (i,))
+    else:
+        yield path, tree
+
+
+def _file_of(array):
+    """(path, byte offset, [dev, inode, size, mtime]) of a C-contiguous array that is a view into a np.memmap of a whole file, or None."""
+    base = array
+    while base is not None and not (isinstance(base, np.memmap) and isinstance(getattr(base, "_mmap", None), mmap.mmap)):
+        base = base.base
+    if base is None or not getattr(base, "filename", None) or not array.flags.c_contiguous:
+        return None
+    root = base
+    while isinstance(root.base, np.memmap):  # the memmap over the whole mapping
+        root = root.base
+    start = array.__array_interface__["data"][0] - root.__array_interface__["data"][0] + root.offset
+    if getattr(root, "file_stat", None) is None:  # not numpy_mixer.weights' map: the file as it is now
+        st = os.stat(root.filename)
+        root.file_stat = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return root.filename, start, root.file_stat
+
+
+def describe_weights(params):
+    """(leaves, shared file or None, copies): each float32 leaf as ["file", path, offset, shape, stat] when
+    it is mapped from a file (workers map the same pages), else ["shm", offset, shape] in one shared copy;
+    copies: [(array, float offset)] of the copied ones, which refresh_copies() copies again before each pass."""
+    leaves, copies = [], []
+    for path, array in _leaves(params):
+        array = np.asarray(array)
+        where = _file_of(array) if array.dtype == np.float32 else None
+        if where is not None:  # the stat of the file as it was mapped here: workers refuse another
+            leaves.append([list(path), ["file", where[0], where[1], list(array.shape), where[2]]])
+        else:
+            copies.append((path, array))
+    shared, placed = None, []
+    if copies:
+        total = sum(-(-a.size // 16) * 16 for _, a in copies)
+        shared = SharedFile(total * 4)
+        at = 0
+        for path, a in copies:
+            leaves.append([list(path), ["shm", at * 4, list(a.shape)]])
+            placed.append((a, at))
+            at += -(-a.size // 16) * 16
+        refresh_copies(shared, placed)
+    return leaves, shared, placed
+
+
+def refresh_copies(shared, placed):
+    """Copy the in-memory weights into the shared buffer again (they may have been changed in place,
+    by training say: the workers must never run on stale weights)."""
+    if shared is None:
+        return
+    flat = np.frombuffer(shared.map, np.float32)
+    for array, at in placed:
+        flat[at:at + array.size] = array.reshape(-1)
+
+
+def build_params(leaves, shared_path):
+    """The params tree from describe_weights' leaves, in a worker (arrays over maps of the same memory)."""
+    maps, tree = {}, {}
+    shared = None
+    if shared_path is not None:
+        shared = map_file(shared_path, os.path.getsize(shared_path), writable=False)
+    for path, spec in leaves:
+        if spec[0] == "file":
+            _, name, offset, shape, stat = spec
+            if name not in maps:
+                with open(name, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] != stat:
+                        raise MixerError(f"{name}: the weights file changed since it was loaded; load it again")
+                    maps[name] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            count = int(np.prod(shape))
+            array = np.frombuffer(maps[name], np.float32, count, offset).reshape(shape)
+        else:
+            _, offset, shape = spec
+            array = np.frombuffer(shared, np.float32, int(np.prod(shape)), offset).reshape(shape)
+        node = tree
+        for key, nxt in zip(path, path[1:]):
+            if key not in node:
+                node[key] = {}
+            node = node[key]
+        node[path[-1]] = array
+    return _lists(tree)
+
+
+def _lists(tree):
+    """Dicts keyed 0..n-1 (the blocks) back into lists."""
+    if not isinstance(tree, dict):
+        return tree
+    if tree and all(isinstance(k, int) for k in tree):
+        return [_lists(tree[i]) for i in range(len(tree))]
+    return {k: _lists(v) for k, v in tree.items()}
+
+
+# --- the barrier --------------------------------------------------------------------------------------
+
+class Aborted(Exception):
+    """Another worker failed: stop this pass."""
+
+
+class FlagBarrier:
+    """A barrier of W processes over shared flags: each writes the round it reached to its own flag and
+    waits until every flag reaches it. abort() makes every waiter raise Aborted."""
+
+    def __init__(self, control, rank, W, alive=None):
+        self.flags = control[:W * FLAG_STRIDE:FLAG_STRIDE]
+        self.mine = control[rank * FLAG_STRIDE:rank * FLAG_STRIDE + 1]
+        self.abort_flag = control[W * FLAG_STRIDE:W * FLAG_STRIDE + 1]
+        self.round = 0
+        self.alive = alive  # called now and then while waiting long: raises if a worker died
+
+    def wait(self):
+        self.round += 1
+        self.mine[0] = self.round
+        checks = 0
+        flags, abort_flag, target = self.flags, self.abort_flag, self.round
+        while flags.min() < target:
+            if abort_flag[0]:
+                raise Aborted()
+            checks += 1
+            if checks > SPIN_CHECKS:  # a long wait (or more workers than cores): give the core away
+                if checks < 4 * SPIN_CHECKS:
+                    os.sched_yield()
+                else:
+                    time.sleep(0.0001)
+                if self.alive is not None and checks % 1000 == 0:
+                    self.alive()
+        if abort_flag[0]:
+            raise Aborted()
+
+    def abort(self):
+        self.abort_flag[0] = 1
+
+
+# --- the pool, seen from the calling process ---------------------------------------------------------------
+
+def _send(conn, message):
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def _recv(conn):
+    return json.loads(conn.recv_bytes().decode())
+
+
+class Pool:
+    """W-1 worker processes and the shared control block; run() does one forward pass on all W."""
+
+    def __init__(self, W):
+        self.W, self.procs, self.conns = W, [], []
+        self.control_file = SharedFile((W + 1) * FLAG_STRIDE * 8)
+        self.control = np.frombuffer(self.control_file.map, np.int64)
+        self.weights_key = None  # the leaves of the params tree the workers hold (identity)
+        self.placed = []  # (array, offset) of the leaves copied to shared memory
+        self.weights_file = None
+        self.activations = None
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   VECLIB_MAXIMUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+                       [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        try:
+            for rank in range(1, W):
+                down_r, down_w = os.pipe()  # this process -> worker
+                up_r, up_w = os.pipe()  # worker -> this process
+                code = f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_r}, {up_w})"
+                proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w), env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, close_fds=True)
+                os.close(down_r)
+                os.close(up_w)
+                self.procs.append(proc)
+                self.conns.append((Connection(up_r, writable=False), Connection(down_w, readable=False)))
+            for rank, (up, _) in enumerate(self.conns, 1):
+                self._reply(rank, up, START_SECONDS, "start")
+            self._broadcast({"op": "control", "path": self.control_file.path})
+            self._collect("map the control block")
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self.control_file.unlink()
+
+    def _broadcast(self, message):
+        for rank, (_, down) in enumerate(self.conns, 1):
+            try:
+                _send(down, message)
+            except OSError:  # its pipe is closed: it died
+                self.procs[rank - 1].wait()
+                self.alive()
+                raise WorkerError(f"numpy-mixer worker process {rank} closed its pipe; the next call starts new ones") from None
+
+    def _reply(self, rank, up, timeout, doing):
+        """The next message from worker `rank`, raising WorkerError if it failed, died or took too long."""
+        deadline = time.monotonic() + timeout
+        while not up.poll(0.05):
+            code = self.procs[rank - 1].poll()
+            if code is not None:
+                raise WorkerError(f"numpy-mixer worker process {rank} (pid {self.procs[rank - 1].pid}) exited with code "
+                                  f"{code} while it was to {doing}; the next call starts new ones (or set {ENV}=threads)")
+            if time.monotonic() > deadline:
+                raise WorkerError(f"numpy-mixer worker process {rank} did not {doing} within {timeout} s; "
+                                  f"set {ENV}=threads to run without worker processes")
+        try:
+            message = _recv(up)
+        except (EOFError, OSError):
+            raise WorkerError(f"numpy-mixer worker process {rank} closed its pipe while it was to {doing}; "
+                              "the next call starts new ones") from None
+        if "error" in message:
+            raise WorkerError(message["error"])
+        return message
+
+    def _collect(self, doing, timeout=3600):
+        """Every worker's reply to the last broadcast; the first failure (not an abort) raised after all."""
+        errors = []
+        for rank, (up, _) in enumerate(self.conns, 1):
+            try:
+                message = self._reply(rank, up, timeout, doing)
+            except WorkerError as e:
+                errors.append(e)
+                continue
+            if message.get("aborted"):
+                errors.append(None)
+        real = [e for e in errors if e is not None]
+        if real:
+            raise real[0]
+        return bool(errors)
+
+    def alive(self):
+        for rank, proc in enumerate(self.procs, 1):
+            code = proc.poll()
+            if code is not None:
+                raise WorkerError(f"numpy-mixer worker process {rank} (pid {proc.pid}) died with exit code {code}; "
+                                  "the next call starts new ones")
+
+    def use_weights(self, params):
+        """Hand the workers the params tree (mapped, not copied, where it comes from a file; weights held
+        in memory are copied to shared memory again before every pass, a memcpy)."""
+        arrays = [a for _, a in _leaves(params)]
+        if self.weights_key is not None and len(arrays) == len(self.weights_key) and all(
+                a is b for a, b in zip(arrays, self.weights_key)):  # the same leaves: refresh the copies only
+            refresh_copies(self.weights_file, self.placed)
+            return
+        leaves, shared, placed = describe_weights(params)
+        try:
+            self._broadcast({"op": "weights", "leaves": leaves, "shared": shared.path if shared else None})
+            self._collect("map the weights")
+        finally:
+            if shared is not None:
+                shared.unlink()  # the maps stay; the name goes
+        if self.weights_file is not None:
+            self.weights_file.map.close()
+        self.weights_file, self.weights_key, self.placed = shared, arrays, placed
+
+    def use_activations(self, floats):
+        """A shared buffer of at least `floats` float32 values, mapped by every worker."""
+        if self.activations is not None and self.activations.size >= floats * 4:
+            return np.frombuffer(self.activations.map, np.float32, floats)
+        shared = SharedFile(floats * 4)
+        try:
+            self._broadcast({"op": "activations", "path": shared.path})
+            self._collect("map the activations")
+        finally:
+            shared.unlink()
+        self.activations = shared
+        return np.frombuffer(shared.map, np.float32, floats)
+
+    def run(self, job, main_share):
+        """One pass: every worker runs its share of `job`; this process runs main_share(barrier) as worker 0."""
+        self.control[:] = 0
+        self._broadcast(dict(job, op="run"))
+        barrier = FlagBarrier(self.control, 0, self.W, alive=self.alive)
+        try:
+            main_share(barrier)
+        except BaseException as e:
+            barrier.abort()
+            try:
+                self._collect("stop", timeout=30)
+            except WorkerError as worker_error:
+                if isinstance(e, Aborted):
+                    raise worker_error from None
+            if isinstance(e, Aborted):  # a worker aborted but its reply said nothing more
+                raise WorkerError("a numpy-mixer worker process stopped the forward pass") from None
+            raise
+        self._collect("finish the forward pass")
+
+    def close(self):
+        for _, down in self.conns:
+            try:
+                down.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for up, _ in self.conns:
+            up.close()
+        self.procs, self.conns = [], []
+        for f in (self.activations, self.weights_file, self.control_file):
+            if f is not None:
+                f.unlink()
+
+
+_pool = None
+
+
+def pool(W):
+    """The pool of W workers (started, or restarted after a failure, as needed)."""
+    global _pool
+    if _pool is not None and (_pool.W != W or any(p.poll() is not None for p in _pool.procs)):
+        _pool.close()
+        _pool = None
+    if _pool is None:
+        _pool = Pool(W)
+    return _pool
+
+
+def discard():
+    """Close the pool (after a failure: the next call starts new workers)."""
+    global _pool
+    if _pool is not None:
+        _pool.close()
+        _pool = None
+
+
+atexit.register(discard)
+
+
+# --- the worker process ---------------------------------------------------------------------------------
+
+def worker_main(rank, W, down_fd, up_fd):
+    """A worker's life: answer the calling process's messages until its pipe closes."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the calling process's to handle
+    from . import fast
+    down, up = Connection(down_fd, writable=False), Connection(up_fd, readable=False)
+    parent = os.getppid()
+    state = {}
+    _send(up, {"hello": os.getpid()})
+
+    def parent_alive():
+        if os.getppid() != parent:
+            os._exit(0)  # orphaned: nobody will read our answers
+
+    scratch = fast._Scratch()
+    while True:
+        try:
+            message = _recv(down)
+        except (EOFError, OSError):
+            return
+        try:
+            op = message["op"]
+            if op == "control":
+                control_map = map_file(message["path"], os.path.getsize(message["path"]))
+                state["control"] = np.frombuffer(control_map, np.int64)
+                state["control_map"] = control_map
+            elif op == "weights":
+                state["params"] = build_params(message["leaves"], message["shared"])
+            elif op == "activations":
+                m = map_file(message["path"], os.path.getsize(message["path"]))
+                state["activations"], state["activations_map"] = np.frombuffer(m, np.float32), m
+            elif op == "run":
+                barrier = FlagBarrier(state["control"], rank, W, alive=parent_alive)
+                try:
+                    _run_share(fast, message, state, rank, W, barrier, scratch)
+                except Aborted:
+                    _send(up, {"aborted": True})
+                    continue
+                except BaseException:
+                    barrier.abort()
+                    raise
+            _send(up, {"ok": True})
+        except Exception as e:  # one line back to the caller, which raises it
+            first = (str(e).splitlines() or [""])[0]
+            _send(up, {"error": f"numpy-mixer worker process {rank}: {type(e).__name__}: {first}"})
+
+
+def _run_share(fast, job, state, rank, W, barrier, scratch):
+    B, N, C, T, H, P, patch_inputs = (job[k] for k in ("B", "N", "C", "T", "H", "P", "patch_inputs"))
+    layout = fast._layout(B, N, C, H, patch_inputs)
+    a = fast.arrays(layout, state["activations"][:fast.buffer_size(layout)])
+    tasks = fast.plan(B, N, C, T, H, W, patch_inputs)
+    steps = fast.phases(state["params"], a, tasks, P)
+    fast.run_phases(steps, barrier, lambda i, tiles: tiles[rank::W], scratch)

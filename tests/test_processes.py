@@ -1,0 +1,161 @@
+"""The fast path's worker processes (numpy_mixer.processes): same bits as one thread, weights shared
+not copied, never stale, and every failure one line, with no process or shared file left behind."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from numpy_mixer import fast, processes
+from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
+from numpy_mixer.model import MlpMixer, load_model
+
+P = 32
+
+
+@pytest.fixture(autouse=True)
+def process_mode(monkeypatch):
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", "processes")
+    yield
+    processes.discard()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("processes") / "s32-2.safetensors"
+    save_checkpoint(random_state_dict(config_for("mixer_s32_224", depth=2), seed=5), path)
+    return path
+
+
+def images(batch, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+
+
+def shared_files():
+    return set(glob.glob(os.path.join(processes._shared_folder(), "numpy-mixer-*")))
+
+
+def test_processes_are_the_default_on_x86_64(monkeypatch):
+    monkeypatch.delenv("NUMPY_MIXER_WORKERS")
+    monkeypatch.setattr(processes.platform, "machine", lambda: "x86_64")
+    assert processes.supported()
+    monkeypatch.setattr(processes.platform, "machine", lambda: "arm64")  # no x86 store order: threads
+    assert not processes.supported()
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", "threads")
+    monkeypatch.setattr(processes.platform, "machine", lambda: "x86_64")
+    assert not processes.supported()
+
+
+def test_mapped_weights_are_mapped_again_not_copied(model_file):
+    model = load_model(str(model_file))
+    x = images(3)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    before = shared_files()
+    tokens = fast.forward_features(x, model.params, P, workers=3)
+    np.testing.assert_array_equal(tokens, reference)
+    assert tokens.std() > 0.5  # real spread, not a constant
+    pool = processes._pool
+    assert pool is not None and len(pool.procs) == 2 and pool.weights_file is None  # no shared copy
+    leaves, shared, copies = processes.describe_weights(model.params)
+    assert shared is None and not copies and all(spec[0] == "file" for _, spec in leaves)
+    assert shared_files() <= before  # every shared file is unlinked once mapped
+
+
+def test_weights_changed_in_place_are_never_stale():
+    """Weights held in memory (training, say) are copied to the workers before every pass."""
+    model = MlpMixer(random_state_dict(config_for("mixer_s32_224", depth=2), seed=6))
+    x = images(2)
+    first = fast.forward_features(x, model.params, P, workers=2)
+    model.params["blocks"][1]["mlp_channels"]["fc2"]["weight"] *= np.float32(1.5)  # in place, as an optimiser
+    model.params["blocks"][0]["norm1"]["bias"] += np.float32(0.25)
+    second = fast.forward_features(x, model.params, P, workers=2)
+    assert np.abs(second - first).max() > 1e-2
+    np.testing.assert_array_equal(second, fast.forward_features(x, model.params, P, workers=1))
+    model.params["blocks"][0]["norm2"]["weight"] = model.params["blocks"][0]["norm2"]["weight"] * 2  # a new leaf
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2),
+                                  fast.forward_features(x, model.params, P, workers=1))
+
+
+def test_a_worker_that_dies_gives_one_line_and_the_next_call_works(model_file):
+    model = load_model(str(model_file))
+    x = images(2)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    fast.forward_features(x, model.params, P, workers=3)
+    victim = processes._pool.procs[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    with pytest.raises(processes.WorkerError) as e:
+        processes._pool.run({}, lambda barrier: barrier.wait())
+    assert "\n" not in str(e.value) and "worker process 1" in str(e.value) and "exit" in str(e.value)
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)  # a new pool
+
+
+def test_a_worker_killed_mid_pass_stops_it_with_one_line(model_file, monkeypatch):
+    model = load_model(str(model_file))
+    x = images(2)
+    fast.forward_features(x, model.params, P, workers=2)
+    victim = processes._pool.procs[0]
+    real = fast.run_phases
+
+    def kill_then_run(steps, barrier, share, scratch):  # worker 0 kills worker 1, then waits for it
+        victim.send_signal(signal.SIGKILL)
+        return real(steps, barrier, share, scratch)
+
+    monkeypatch.setattr(fast, "run_phases", kill_then_run)
+    start = time.monotonic()
+    with pytest.raises(processes.WorkerError, match="died with exit code"):
+        fast.forward_features(x, model.params, P, workers=2)
+    assert time.monotonic() - start < 30
+    assert processes._pool is None  # discarded: the next call starts afresh
+
+
+def test_a_weights_file_replaced_under_the_model_is_refused(model_file, tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(model_file.read_bytes())
+    model = load_model(str(path))
+    x = images(1)
+    processes.discard()
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(random_state_dict(config_for("mixer_s32_224", depth=2), seed=7), other)
+    os.replace(other, path)  # another file under the loaded one's name (the model keeps its map of the old)
+    with pytest.raises(processes.WorkerError) as e:
+        fast.forward_features(x, model.params, P, workers=2)
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message and "changed since it was loaded" in message
+
+
+def test_workers_leave_with_the_calling_process(model_file):
+    """A script that exits (here, without closing anything) leaves no worker and no shared file behind."""
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from numpy_mixer import fast, processes
+        from numpy_mixer.model import load_model
+        model = load_model({str(model_file)!r})
+        fast.forward_features(np.ones((1, 3, 224, 224), np.float32), model.params, {P}, workers=3)
+        print(" ".join(str(p.pid) for p in processes._pool.procs), flush=True)
+    """)
+    before = shared_files()
+    env = dict(os.environ, NUMPY_MIXER_WORKERS="processes",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fast.__file__))))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert shared_files() <= before
+
+
+def test_the_barrier_aborts_every_waiter():
+    control = np.zeros(4 * processes.FLAG_STRIDE, np.int64)
+    first, second = processes.FlagBarrier(control, 0, 3), processes.FlagBarrier(control, 1, 3)
+    first.abort()
+    with pytest.raises(processes.Aborted):
+        second.wait()
