@@ -40,7 +40,7 @@ import numpy as np
 
 from numpy_mixer import fast
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
-from numpy_mixer.model import MlpMixer
+from numpy_mixer.model import load_model
 
 PAUSE = 0.2  # seconds before each timed pass
 
@@ -135,8 +135,10 @@ def onnx_export(model, img_size, folder):
     dummy = torch.zeros(1, 3, img_size, img_size)
     names = dict(input_names=["x"], output_names=["logits"])
     try:  # the torch.export-based exporter (the default since torch 2.9; needs onnxscript)
-        torch.onnx.export(model, (dummy,), path, dynamo=True, verbose=False,
-                          dynamic_shapes={"x": {0: torch.export.Dim("B")}}, **names)
+        with warnings.catch_warnings():  # torch's own FutureWarnings from inside the exporter, not ours
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(model, (dummy,), path, dynamo=True, verbose=False,
+                              dynamic_shapes={"x": {0: torch.export.Dim("B")}}, **names)
     except Exception:  # an older torch: the TorchScript exporter, whose deprecation notice is not ours to print
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -154,6 +156,21 @@ def onnx_runner(path, threads):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x})[0]
+
+
+def threads_runner(model):
+    """model(x) with the fast path on worker threads instead of worker processes."""
+    def run(x):
+        old = os.environ.get("NUMPY_MIXER_WORKERS")
+        os.environ["NUMPY_MIXER_WORKERS"] = "threads"
+        try:
+            return model(x)
+        finally:
+            if old is None:
+                del os.environ["NUMPY_MIXER_WORKERS"]
+            else:
+                os.environ["NUMPY_MIXER_WORKERS"] = old
+    return run
 
 
 def blas_threads(n):
@@ -352,6 +369,8 @@ def main(argv=None):
     parser.add_argument("--phase-repeats", type=int, default=3, help="each task's best of this many (default 3)")
     parser.add_argument("--tiny", action="store_true", help="a 2-block mixer_s32_224, batches 1 and 2, 1 repeat (CI)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="also time numpy_mixer on worker threads (NUMPY_MIXER_WORKERS=threads)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the whole-process measurements")
     args = parser.parse_args(argv)
     changes = {}
@@ -360,7 +379,8 @@ def main(argv=None):
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     config = config_for(args.arch, **changes)
     state = random_state_dict(config, seed=0)
-    model = MlpMixer(state, source=args.arch + (" (2 blocks)" if args.tiny else ""))
+    weights_folder = tempfile.TemporaryDirectory()  # the weights as users have them: a mapped safetensors file
+    model = load_model(save_checkpoint(state, os.path.join(weights_folder.name, args.arch + ".safetensors")))
     rng = np.random.default_rng(0)
     if args.phases:
         workers = [int(w) for w in args.phase_workers.split(",")]
@@ -386,6 +406,8 @@ def main(argv=None):
         onnx_path = onnx_export(torch_model, config.img_size, folder) if torch_run else None
         for threads in counts:
             runners = {"numpy_mixer": lambda x: model(x)}
+            if args.compare_threads:
+                runners["numpy_mixer threads"] = threads_runner(model)
             if torch_run:
                 torch.set_num_threads(threads)
                 runners["PyTorch"] = torch_run
@@ -396,6 +418,8 @@ def main(argv=None):
                 speed = time_frameworks(runners, batch_sizes, args.repeats, config.img_size, rng)
                 ceiling = max(ceiling, matmul_gflops())  # once before, once after: the better of the two
             keys = {"numpy_mixer": "numpy_mixer", "PyTorch": "pytorch", "ONNX Runtime": "onnxruntime"}
+            if args.compare_threads:
+                keys["numpy_mixer threads"] = "numpy_mixer_threads"
             for B in batch_sizes:
                 rows.append(dict(threads=threads, batch=B, ceiling_gflops=round(ceiling, 1),
                                  **{key: (round(speed[B][name], 3) if name in speed[B] else None)

@@ -7,9 +7,11 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
 - matmuls over many images at once, with no transposed copies: the residual stream is kept
   token-major, [N, B, C], so token mixing is `fc1.weight @ y`, [T, N] @ [N, B*C], and channel mixing
   `y @ fc1.weight.T`, [N*B, C] @ [C, H], the transpose a free BLAS flag.
-- every core for everything: W worker threads (W = the BLAS thread count, so OMP_NUM_THREADS /
-  OPENBLAS_NUM_THREADS apply) each run single-threaded BLAS, so the elementwise NumPy work between
-  the matmuls (GELU, LayerNorm, biases) is spread over the cores too; NumPy releases the GIL in both.
+- every core for everything: W workers (W = the BLAS thread count, so OMP_NUM_THREADS /
+  OPENBLAS_NUM_THREADS apply) each run single-threaded BLAS, so the elementwise NumPy work between the
+  matmuls (GELU, LayerNorm, biases) is spread over the cores too. On x86-64 the workers are this process
+  and W-1 worker processes over shared memory (numpy_mixer.processes: threads would share one GIL, and
+  on 16 cores that made the pass 2-5x slower); elsewhere, or with NUMPY_MIXER_WORKERS=threads, threads.
 - work sized from W and B (see Plan): the matmul phases have TASKS_PER_WORKER tasks per worker or
   more at every batch size, batch 1 included, in task counts that fill whole rounds of W. The
   channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
@@ -18,7 +20,8 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
   after another, so each weight is read from memory about once per band (once per block up to
   batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
-- tasks handed out as workers ask for them, so a slow or busy core holds nobody up; every value is
+- tasks handed out as worker threads ask for them (worker processes take fixed shares: tiles i, i+W,
+  ...), so a slow or busy core holds up no thread; every value is
   computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
   dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result
   is the same bits for any W and however the tasks are shared (with threadpoolctl, which keeps BLAS

@@ -59,26 +59,39 @@ def supported():
 
 # --- shared memory: files mapped by every process -------------------------------------------------------
 
-def _shared_folder():
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+def _shared_folders():
+    """Where shared files go: /dev/shm (memory) where there is one, then the temp folder."""
+    folders = ["/dev/shm"] if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else []
+    return folders + [tempfile.gettempdir()]
 
 
 class SharedFile:
-    """A file of `size` bytes mapped read-write here; other processes map it by path until unlink()."""
+    """A file of `size` bytes mapped read-write here; other processes map it by path until unlink().
+
+    Its space is reserved up front (posix_fallocate, where there is one): a /dev/shm too small for it
+    (containers often have 64 MB) is passed over for the temp folder, instead of a SIGBUS later.
+    """
 
     def __init__(self, size):
-        fd, self.path = tempfile.mkstemp(prefix="numpy-mixer-", dir=_shared_folder())
-        try:
-            os.ftruncate(fd, max(size, 1))
-            self.map = mmap.mmap(fd, max(size, 1))
-        except OSError as e:
+        problems = []
+        for folder in _shared_folders():
+            fd, path = tempfile.mkstemp(prefix="numpy-mixer-", dir=folder)
+            try:
+                os.ftruncate(fd, max(size, 1))
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, max(size, 1))
+                self.map = mmap.mmap(fd, max(size, 1))
+            except OSError as e:
+                problems.append(f"{folder}: {e.strerror or e}")
+                os.close(fd)
+                os.unlink(path)
+                continue
             os.close(fd)
-            os.unlink(self.path)
-            raise MixerError(f"{self.path}: cannot make {size:,} bytes of shared memory for the worker "
-                             f"processes ({e}); set {ENV}=threads") from None
-        os.close(fd)
-        self.size = size
-        _live_files.add(self.path)
+            self.path, self.size = path, size
+            _live_files.add(path)
+            return
+        raise MixerError(f"cannot make {size:,} bytes of shared memory for the worker processes "
+                         f"({'; '.join(problems)}); free some space there or set {ENV}=threads")
 
     def unlink(self):
         if self.path in _live_files:

@@ -37,7 +37,7 @@ def images(batch, seed=0):
 
 
 def shared_files():
-    return set(glob.glob(os.path.join(processes._shared_folder(), "numpy-mixer-*")))
+    return {f for folder in processes._shared_folders() for f in glob.glob(os.path.join(folder, "numpy-mixer-*"))}
 
 
 def test_processes_are_the_default_on_x86_64(monkeypatch):
@@ -159,3 +159,26 @@ def test_the_barrier_aborts_every_waiter():
     first.abort()
     with pytest.raises(processes.Aborted):
         second.wait()
+
+
+def test_a_full_shared_memory_folder_is_passed_over(monkeypatch, tmp_path):
+    """posix_fallocate refusing the space (a small /dev/shm) sends the file to the next folder."""
+    full, spare = tmp_path / "full", tmp_path / "spare"
+    full.mkdir()
+    spare.mkdir()
+    monkeypatch.setattr(processes, "_shared_folders", lambda: [str(full), str(spare)])
+    real = os.posix_fallocate
+
+    def fallocate(fd, offset, length):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(full)):
+            raise OSError(28, "No space left on device")
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    shared = processes.SharedFile(1 << 20)
+    assert shared.path.startswith(str(spare)) and not list(full.iterdir())
+    shared.unlink()
+    monkeypatch.setattr(processes, "_shared_folders", lambda: [str(full)])
+    with pytest.raises(processes.MixerError) as e:
+        processes.SharedFile(1 << 20)
+    assert "\n" not in str(e.value) and "No space left" in str(e.value) and "NUMPY_MIXER_WORKERS=threads" in str(e.value)
