@@ -24,6 +24,7 @@ Weights are random (numpy_mixer.checkpoint): the real ones cannot be downloaded 
 does not depend on the values. torch, timm, onnx and onnxruntime are optional.
 """
 import argparse
+import atexit
 import json
 import math
 import os
@@ -380,6 +381,7 @@ def main(argv=None):
     config = config_for(args.arch, **changes)
     state = random_state_dict(config, seed=0)
     weights_folder = tempfile.TemporaryDirectory()  # the weights as users have them: a mapped safetensors file
+    atexit.register(weights_folder.cleanup)  # removed on the way out, whichever return is taken
     model = load_model(save_checkpoint(state, os.path.join(weights_folder.name, args.arch + ".safetensors")))
     rng = np.random.default_rng(0)
     if args.phases:
