@@ -370,18 +370,12 @@ def forward_features(x, params, patch_size=16, workers=None):
 def _forward_processes(x, params, patch_size, W):
     """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, the tiles
     of each phase shared i, i+W, i+2W, ... over them, over shared memory."""
-    if x.dtype != _F32:
-        raise TypeError(f"the fast path runs float32, got {x.dtype}")
-    B, channels, height, width = x.shape
-    P = patch_size
-    N = (height // P) * (width // P)
-    _, C, T, H = model_shape(params, P, P)
-    job = dict(B=B, N=N, C=C, T=T, H=H, P=P, patch_inputs=channels * P * P)
+    job = shapes(x, params, patch_size)
     try:
         pool = processes.pool(W)
         pool.use_weights(params)
-        buffer = pool.use_activations(buffer_size(_layout(B, N, C, H, channels * P * P)))
-        _, a, _, steps = _prepare(x, params, patch_size, W, buffer)
+        buffer = pool.use_activations(buffer_size(layout_of(job)))
+        a, steps = _prepare(x, params, job, W, buffer)
         scratch = _scratch()
         with _blas().limit(limits=1):  # this process is worker 0: single-threaded BLAS, as the others
             pool.run(job, lambda barrier: run_phases(steps, barrier, lambda i, tiles: tiles[0::W], scratch))
@@ -496,24 +490,39 @@ def run_phases(steps, barrier, share, scratch):
             fn(tile, scratch)
 
 
-def _prepare(x, params, patch_size, plan_workers, buffer=None):
-    """(plain params, arrays with the patches filled in, plan, phase steps) of one forward pass."""
+def shapes(x, params, patch_size):
+    """{B, N, C, T, H, P, patch_inputs} of one forward pass (what worker processes are sent)."""
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
-    p = _plain(params)
     B, channels, height, width = x.shape
     P = patch_size
-    N = (height // P) * (width // P)
-    _, C, T, H = model_shape(p, P, P)
-    tasks = plan(B, N, C, T, H, plan_workers, channels * P * P)
-    a = arrays(_layout(B, N, C, H, channels * P * P), buffer)
+    _, C, T, H = model_shape(params, P, P)
+    return dict(B=B, N=(height // P) * (width // P), C=C, T=T, H=H, P=P, patch_inputs=channels * P * P)
+
+
+def layout_of(job):
+    """_layout of a pass of these shapes."""
+    return _layout(job["B"], job["N"], job["C"], job["H"], job["patch_inputs"])
+
+
+def steps_of(p, job, W, buffer=None):
+    """(arrays, phase steps) of one pass of shapes `job` on W workers, the arrays in buffer (or new)."""
+    layout = layout_of(job)
+    a = arrays(layout, None if buffer is None else buffer[:buffer_size(layout)])
+    tasks = plan(*(job[k] for k in ("B", "N", "C", "T", "H")), W, job["patch_inputs"])
+    return a, phases(p, a, tasks, job["P"])
+
+
+def _prepare(x, params, job, plan_workers, buffer=None):
+    """(arrays with the patches filled in, phase steps) of one forward pass of shapes job."""
+    a, steps = steps_of(_plain(params), job, plan_workers, buffer)
     # the stem conv as one matmul, on the tiles of layers.patchify, token-major: [N*B, 3*P*P]
-    a["patches"].reshape(N, B, -1)[...] = layers.patchify(x, P).transpose(1, 0, 2)
-    return p, a, tasks, phases(p, a, tasks, P)
+    a["patches"].reshape(job["N"], job["B"], -1)[...] = layers.patchify(x, job["P"]).transpose(1, 0, 2)
+    return a, steps
 
 
 def _forward(x, params, patch_size, W, plan_workers, record):
-    _, a, _, steps = _prepare(x, params, patch_size, plan_workers)
+    a, steps = _prepare(x, params, shapes(x, params, patch_size), plan_workers)
     if record is not None:  # one worker, each task timed
         scratch = _scratch()
         for name, tiles, fn in steps:

@@ -1,7 +1,7 @@
 """Worker processes for the fast path: fast.py's tasks on W-1 helper processes and this one.
 
 Why processes: threads share one GIL, and every task is a chain of NumPy calls with Python between
-them. Measured on a 16-core Xeon (.devrun-style diagnostics, the README has the figures), GELU on
+them. Measured on a 16-core Xeon (the README has the figures), GELU on
 a [196, 3072] tile split over 16 threads took 3.9 ms, twice as long as on one thread (1.9 ms), and
 0.21 ms over 16 processes; a threading.Barrier round of 16 threads took 836 us. Processes run their
 Python side by side, and a barrier of flags in shared memory takes about 4 us.
@@ -11,7 +11,7 @@ How:
   caller's script), started once, with single-threaded BLAS; they talk to this process over pipes in
   JSON (never pickle), and map the same memory:
   - the weights: a safetensors file's own map is mapped again from the file (the page cache is shared:
-    no copy); weights held in memory are copied once into a shared buffer;
+    no copy); weights held in memory are copied into a shared buffer before every pass;
   - the activations (fast._layout) and a control block (one barrier flag per worker, an abort flag),
     in files under /dev/shm (or the temp folder) that are deleted once every worker has them mapped.
 - each worker runs the tiles i, i + W, i + 2W, ... of every phase of fast.plan (fixed shares: the
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -500,9 +500,5 @@ def worker_main(rank, W, down_fd, up_fd):
 
 
 def _run_share(fast, job, state, rank, W, barrier, scratch):
-    B, N, C, T, H, P, patch_inputs = (job[k] for k in ("B", "N", "C", "T", "H", "P", "patch_inputs"))
-    layout = fast._layout(B, N, C, H, patch_inputs)
-    a = fast.arrays(layout, state["activations"][:fast.buffer_size(layout)])
-    tasks = fast.plan(B, N, C, T, H, W, patch_inputs)
-    steps = fast.phases(state["params"], a, tasks, P)
+    _, steps = fast.steps_of(state["params"], job, W, state["activations"])
     fast.run_phases(steps, barrier, lambda i, tiles: tiles[rank::W], scratch)
