@@ -54,6 +54,9 @@ def supported():
         return False
     if choice in ("processes", "process"):
         return True
+    if choice not in ("auto", ""):
+        raise MixerError(f"{ENV}={os.environ[ENV]!r} is not a choice: set it to threads, processes or auto "
+                         "(or unset it)")
     return platform.machine().lower() in ("x86_64", "amd64") and sys.platform in ("linux", "darwin")
 
 
@@ -75,7 +78,11 @@ class SharedFile:
     def __init__(self, size):
         problems = []
         for folder in _shared_folders():
-            fd, path = tempfile.mkstemp(prefix="numpy-mixer-", dir=folder)
+            try:
+                fd, path = tempfile.mkstemp(prefix="numpy-mixer-", dir=folder)
+            except OSError as e:  # the folder is missing or not writable
+                problems.append(f"{folder}: {e.strerror or e}")
+                continue
             try:
                 os.ftruncate(fd, max(size, 1))
                 if hasattr(os, "posix_fallocate"):

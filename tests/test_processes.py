@@ -49,6 +49,9 @@ def test_processes_are_the_default_on_x86_64(monkeypatch):
     monkeypatch.setenv("NUMPY_MIXER_WORKERS", "threads")
     monkeypatch.setattr(processes.platform, "machine", lambda: "x86_64")
     assert not processes.supported()
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", "proceses")  # a typo is an error, not a silent default
+    with pytest.raises(processes.MixerError, match="NUMPY_MIXER_WORKERS='proceses' is not a choice"):
+        processes.supported()
 
 
 def test_mapped_weights_are_mapped_again_not_copied(model_file):
@@ -178,7 +181,9 @@ def test_a_full_shared_memory_folder_is_passed_over(monkeypatch, tmp_path):
     shared = processes.SharedFile(1 << 20)
     assert shared.path.startswith(str(spare)) and not list(full.iterdir())
     shared.unlink()
-    monkeypatch.setattr(processes, "_shared_folders", lambda: [str(full)])
+    monkeypatch.setattr(processes, "_shared_folders", lambda: [str(full), str(tmp_path / "missing")])
     with pytest.raises(processes.MixerError) as e:
         processes.SharedFile(1 << 20)
-    assert "\n" not in str(e.value) and "No space left" in str(e.value) and "NUMPY_MIXER_WORKERS=threads" in str(e.value)
+    message = str(e.value)
+    assert "\n" not in message and "No space left" in message and "NUMPY_MIXER_WORKERS=threads" in message
+    assert "missing: No such file or directory" in message
