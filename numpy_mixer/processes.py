@@ -133,20 +133,16 @@ def _leaves(tree, path=()):
 
 
 def _file_of(array):
-    """(path, byte offset, [dev, inode, size, mtime]) of a C-contiguous array that is a view into a np.memmap of a whole file, or None."""
-    base = array
-    while base is not None and not (isinstance(base, np.memmap) and isinstance(getattr(base, "_mmap", None), mmap.mmap)):
-        base = base.base
-    if base is None or not getattr(base, "filename", None) or not array.flags.c_contiguous:
+    """(path, byte offset, [device, inode, size, mtime]) of a C-contiguous array inside a safetensors
+    file's map made by numpy_mixer.weights (its MappedFile: the file as it was mapped), else None."""
+    root = array
+    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+        root = root.base  # down to the np.memmap that owns the map of the whole file
+    mapped = getattr(root, "mapped_file", None)
+    if mapped is None or not array.flags.c_contiguous:
         return None
-    root = base
-    while isinstance(root.base, np.memmap):  # the memmap over the whole mapping
-        root = root.base
-    start = array.__array_interface__["data"][0] - root.__array_interface__["data"][0] + root.offset
-    if getattr(root, "file_stat", None) is None:  # not numpy_mixer.weights' map: the file as it is now
-        st = os.stat(root.filename)
-        root.file_stat = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-    return root.filename, start, root.file_stat
+    start = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return mapped.path, start, [mapped.device, mapped.inode, mapped.size, mapped.mtime_ns]
 
 
 def describe_weights(params):

@@ -376,15 +376,15 @@ def read_safetensors(path, check=None):
         entries = _parse_header(raw, path, size - data_start)
         if check is not None:
             check({key: TensorSpec(shape, _LOADS_AS[dtype]) for key, dtype, shape, _, _ in entries})
+        mapped = MappedFile(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         try:  # one map of the whole file, shared by every tensor (np.memmap of a view keeps it alive)
             data = np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size > data_start else None
-            if data is not None:  # the file's name, for worker processes that map it again (views keep it)
-                data.filename = os.path.abspath(path)
-                data.file_stat = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]  # the file as mapped
         except (ValueError, OSError) as e:  # the file shrank since it was measured
             raise MixerError(f"{path}: the file changed while it was being read ({e})") from None
+        if data is not None:  # which file this map is: worker processes map it again (numpy_mixer.processes)
+            data.mapped_file = mapped
     tensors = Tensors()
-    tensors.mapped_file = MappedFile(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    tensors.mapped_file = mapped
     for key, dtype, shape, start, end in entries:
         raw_dtype = _DTYPES[dtype][0]
         if start == end:
