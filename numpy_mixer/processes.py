@@ -41,6 +41,7 @@ SPIN_CHECKS = 3000  # flag checks (about 1 us each) before a waiting worker star
 START_SECONDS = 60  # workers that have not said hello by then are given up on
 FLAG_STRIDE = 16  # int64s between two workers' flags: one 128-byte line each, no false sharing
 ENV = "NUMPY_MIXER_WORKERS"
+_yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))  # let another runnable process have the core
 
 
 class WorkerError(MixerError):
@@ -109,14 +110,22 @@ class SharedFile:
                 pass
 
 
-_live_files = set()
-atexit.register(lambda: [os.unlink(p) for p in list(_live_files) if os.path.exists(p)])
+_live_files = set()  # paths of shared files not yet unlinked (normally for a moment only)
 
 
-def map_file(path, size, offset=0, writable=True):
-    """A memory map of size bytes of a file from offset (offset a multiple of the page size)."""
+@atexit.register
+def _unlink_left_over():
+    for path in list(_live_files):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def map_file(path, writable=True):
+    """A memory map of a whole file, read-write or read-only."""
     with open(path, "r+b" if writable else "rb") as f:
-        return mmap.mmap(f.fileno(), size, offset=offset, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
 
 
 # --- the weights: where each leaf of the params tree lives -----------------------------------------------
@@ -185,7 +194,7 @@ def build_params(leaves, shared_path):
     maps, tree = {}, {}
     shared = None
     if shared_path is not None:
-        shared = map_file(shared_path, os.path.getsize(shared_path), writable=False)
+        shared = map_file(shared_path, writable=False)
     for path, spec in leaves:
         if spec[0] == "file":
             _, name, offset, shape, stat = spec
@@ -201,10 +210,8 @@ def build_params(leaves, shared_path):
             _, offset, shape = spec
             array = np.frombuffer(shared, np.float32, int(np.prod(shape)), offset).reshape(shape)
         node = tree
-        for key, nxt in zip(path, path[1:]):
-            if key not in node:
-                node[key] = {}
-            node = node[key]
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
         node[path[-1]] = array
     return _lists(tree)
 
@@ -246,7 +253,7 @@ class FlagBarrier:
             checks += 1
             if checks > SPIN_CHECKS:  # a long wait (or more workers than cores): give the core away
                 if checks < 4 * SPIN_CHECKS:
-                    os.sched_yield()
+                    _yield_core()
                 else:
                     time.sleep(0.0001)
                 if self.alive is not None and checks % 1000 == 0:
@@ -478,13 +485,13 @@ def worker_main(rank, W, down_fd, up_fd):
         try:
             op = message["op"]
             if op == "control":
-                control_map = map_file(message["path"], os.path.getsize(message["path"]))
+                control_map = map_file(message["path"])
                 state["control"] = np.frombuffer(control_map, np.int64)
                 state["control_map"] = control_map
             elif op == "weights":
                 state["params"] = build_params(message["leaves"], message["shared"])
             elif op == "activations":
-                m = map_file(message["path"], os.path.getsize(message["path"]))
+                m = map_file(message["path"])
                 state["activations"], state["activations_map"] = np.frombuffer(m, np.float32), m
             elif op == "run":
                 barrier = FlagBarrier(state["control"], rank, W, alive=parent_alive)
