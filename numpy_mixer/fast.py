@@ -13,7 +13,8 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   and W-1 worker processes over shared memory (numpy_mixer.processes: threads would share one GIL, and
   on 16 cores that made the pass 2-5x slower); elsewhere, or with NUMPY_MIXER_WORKERS=threads, threads.
 - work sized from W and B (see Plan): the matmul phases have TASKS_PER_WORKER tasks per worker or
-  more at every batch size, batch 1 included, in task counts that fill whole rounds of W. The
+  more at every batch size, batch 1 included (FIXED_TASKS_PER_WORKER on worker processes, whose
+  shares are fixed: no slack to gain, larger tiles), in task counts that fill whole rounds of W. The
   channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
   a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
   also split by rows, in tiles at most square (taller ones ran faster) of at most TILE_ELEMS
@@ -50,7 +51,10 @@ import numpy as np
 from . import layers, processes
 
 _F32 = np.float32
-TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases: slack for a busy core, few GIL rounds
+TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack for a busy core, few GIL rounds
+# ... and on worker processes, which take fixed shares (no slack to gain): one round of the largest tiles
+# (measured on 1 core for b16 at W = 16, batch 1: 23 ms per image predicted against 26 with 2 per worker)
+FIXED_TASKS_PER_WORKER = 1
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
 TILE_ELEMS = 1 << 20  # outputs per matmul task at most (4 MB); measured on 1 core, 2^16-2^18 were 10-20% slower
@@ -242,17 +246,20 @@ def _split(n, parts, quantum=1, least=1):
     return [(0, n)]
 
 
-def _grid(rows, cols, inner, tasks):
+def _grid(rows, cols, inner, tasks, W):
     """Tiles ((r0, r1), (c0, c1)) of a [rows, cols] = [rows, inner] @ [inner, cols] output, in hand-out order.
 
     Rows in bands of at most CHANNEL_ROWS; in each band, tiles no wider than square (taller ones ran
-    faster, see below) of at most TILE_ELEMS outputs, and enough of them for `tasks` over all bands; none below
-    MIN_TILE_MACS. Hand-out order: band by band, and in a band, column slice by column slice, so that
-    the tasks reading one weight slice run side by side (each weight read once per band).
+    faster, see below) of at most TILE_ELEMS outputs, and enough of them for `tasks` over all bands, in
+    a count that fills whole rounds of W workers where the bands allow; none below MIN_TILE_MACS.
+    Hand-out order: band by band, and in a band, column slice by column slice, so that the tasks
+    reading one weight slice run side by side (each weight read once per band).
     """
     bands = _split(rows, -(-rows // CHANNEL_ROWS))
     band = min(b - a for a, b in bands)
     want = max(-(-tasks * band // rows), -(-band * cols // TILE_ELEMS))  # tiles per band
+    step = W // math.gcd(W, len(bands))  # tiles per band in multiples of this: len(bands) * want fills rounds of W
+    want = -(-want // step) * step
     square = math.sqrt(want * band / cols)  # r row splits x want/r column splits, rows/r ~ cols/(want/r)
     # a row split that divides `want`, so that the tiles fill whole rounds of workers (33 tasks on 16
     # workers take three rounds, 32 take two), at most square: taller tiles ran faster than square ones
@@ -279,7 +286,7 @@ class Plan:
     fc2:   ((r0, r1), (c0, c1)) tiles of the output [N*B, C].
     """
 
-    def __init__(self, B, N, C, T, H, W, patch_inputs):
+    def __init__(self, B, N, C, T, H, W, patch_inputs, tasks_per_worker=TASKS_PER_WORKER):
         rows = N * B
         self.shape, self.workers = dict(B=B, N=N, C=C, T=T, H=H), W
         whole_rounds = lambda n: -(-n // W) * W  # noqa: E731 (n tasks rounded up to fill whole rounds of W)
@@ -287,10 +294,10 @@ class Plan:
                            NORM_MIN_ROWS)
         self.stem = _split(rows, len(self.norm), 1, max(MIN_ROWS, -(-MIN_TILE_MACS // (C * patch_inputs))))
         cols = B * C
-        token_splits = whole_rounds(max(-(-cols * T // TILE_ELEMS), TASKS_PER_WORKER * W))
+        token_splits = whole_rounds(max(-(-cols * T // TILE_ELEMS), tasks_per_worker * W))
         self.token = _split(cols, token_splits, QUANTUM, max(MIN_COLS, -(-MIN_TILE_MACS // (N * T))))
-        self.fc1 = _grid(rows, H, C, TASKS_PER_WORKER * W)
-        self.fc2 = _grid(rows, C, H, TASKS_PER_WORKER * W)
+        self.fc1 = _grid(rows, H, C, tasks_per_worker * W, W)
+        self.fc2 = _grid(rows, C, H, tasks_per_worker * W, W)
 
     def phases(self, depth):
         """(phase name, tasks) in the order they run, barriers between them."""
@@ -305,10 +312,12 @@ class Plan:
         return {"token": len(self.token), "norm": len(self.norm), "fc1": len(self.fc1), "fc2": len(self.fc2)}
 
 
-def plan(B, N, C, T, H, W, patch_inputs=768):
+def plan(B, N, C, T, H, W, patch_inputs=768, tasks_per_worker=TASKS_PER_WORKER):
     """The Plan for batch B of a model with N tokens, C channels, T and H hidden widths, on W workers
-    (patch_inputs: 3 P^2 values per patch, the stem's inner dimension)."""
-    return Plan(B, N, C, T, H, W, patch_inputs)
+    (patch_inputs: 3 P^2 values per patch, the stem's inner dimension), with at least tasks_per_worker
+    tasks per worker in the matmul phases (TASKS_PER_WORKER for threads, FIXED_TASKS_PER_WORKER for
+    worker processes)."""
+    return Plan(B, N, C, T, H, W, patch_inputs, tasks_per_worker)
 
 
 # --- the whole model ----------------------------------------------------------------------------------
@@ -364,13 +373,13 @@ def forward_features(x, params, patch_size=16, workers=None):
         W = workers or num_workers()  # read inside the lock: not the 1 of another call's BLAS limit
         if W > 1 and _blas() is not None and processes.supported():
             return _forward_processes(x, params, patch_size, W)
-        return _forward(x, params, patch_size, W, W, None)
+        return _forward(x, params, shapes(x, params, patch_size), W, W, None)
 
 
 def _forward_processes(x, params, patch_size, W):
     """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, the tiles
     of each phase shared i, i+W, i+2W, ... over them, over shared memory."""
-    job = shapes(x, params, patch_size)
+    job = shapes(x, params, patch_size, FIXED_TASKS_PER_WORKER)
     try:
         pool = processes.pool(W)
         pool.use_weights(params)
@@ -385,14 +394,16 @@ def _forward_processes(x, params, patch_size, W):
     return np.array(a["normed"].transpose(1, 0, 2), order="C")  # [N, B, C] -> [B, N, C], out of shared memory
 
 
-def time_tasks(x, params, patch_size=16, plan_workers=1):
-    """One forward pass on one worker with the plan for plan_workers, timing every task (thread CPU time).
+def time_tasks(x, params, patch_size=16, plan_workers=1, tasks_per_worker=TASKS_PER_WORKER):
+    """One forward pass on one worker with the plan for plan_workers (and tasks_per_worker), timing
+    every task (thread CPU time).
 
     Returns (tokens [B, N, C], [(phase name, [seconds of each task, in hand-out order]), ...]).
     """
     with _run_lock:
         record = []
-        return _forward(x, params, patch_size, 1, plan_workers, record), record
+        job = shapes(x, params, patch_size, tasks_per_worker)
+        return _forward(x, params, job, 1, plan_workers, record), record
 
 
 def _layout(B, N, C, H, patch_inputs):
@@ -490,14 +501,16 @@ def run_phases(steps, barrier, share, scratch):
             fn(tile, scratch)
 
 
-def shapes(x, params, patch_size):
-    """{B, N, C, T, H, P, patch_inputs} of one forward pass (what worker processes are sent)."""
+def shapes(x, params, patch_size, tasks_per_worker=TASKS_PER_WORKER):
+    """{B, N, C, T, H, P, patch_inputs, per_worker} of one forward pass (what worker processes are sent);
+    per_worker: the plan's tasks per worker."""
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
     B, channels, height, width = x.shape
     P = patch_size
     _, C, T, H = model_shape(params, P, P)
-    return dict(B=B, N=(height // P) * (width // P), C=C, T=T, H=H, P=P, patch_inputs=channels * P * P)
+    return dict(B=B, N=(height // P) * (width // P), C=C, T=T, H=H, P=P, patch_inputs=channels * P * P,
+                per_worker=tasks_per_worker)
 
 
 def layout_of(job):
@@ -509,7 +522,7 @@ def steps_of(p, job, W, buffer=None):
     """(arrays, phase steps) of one pass of shapes `job` on W workers, the arrays in buffer (or new)."""
     layout = layout_of(job)
     a = arrays(layout, None if buffer is None else buffer[:buffer_size(layout)])
-    tasks = plan(*(job[k] for k in ("B", "N", "C", "T", "H")), W, job["patch_inputs"])
+    tasks = plan(*(job[k] for k in ("B", "N", "C", "T", "H")), W, job["patch_inputs"], job["per_worker"])
     return a, phases(p, a, tasks, job["P"])
 
 
@@ -521,8 +534,8 @@ def _prepare(x, params, job, plan_workers, buffer=None):
     return a, steps
 
 
-def _forward(x, params, patch_size, W, plan_workers, record):
-    a, steps = _prepare(x, params, shapes(x, params, patch_size), plan_workers)
+def _forward(x, params, job, W, plan_workers, record):
+    a, steps = _prepare(x, params, job, plan_workers)
     if record is not None:  # one worker, each task timed
         scratch = _scratch()
         for name, tiles, fn in steps:

@@ -4,6 +4,7 @@ Every Mixer architecture, odd and single batches, four head sizes; float32 check
 NumPy operation; the erf bound; predict / CLI batching; and one tiny run of the benchmark.
 """
 import collections
+import itertools
 import json
 import math
 import os
@@ -78,9 +79,10 @@ def test_the_same_bits_for_any_worker_count(arch, batch, mode, monkeypatch):
         tokens = fast.forward_features(x, model.params, P, workers=workers)
         np.testing.assert_array_equal(tokens, reference, err_msg=f"{workers} workers")
     for workers in (2, 3, 5, 8, 16, 24, 32, 64):
-        tokens, _ = fast.time_tasks(x, model.params, P, workers)
-        np.testing.assert_array_equal(tokens, reference, err_msg=f"the plan for {workers} workers")
-        plans.add(tuple(fast.plan(batch, N, C, T, H, workers, 3 * P * P).counts().items()))
+        for per_worker in (fast.TASKS_PER_WORKER, fast.FIXED_TASKS_PER_WORKER):  # threads' plans, processes'
+            tokens, _ = fast.time_tasks(x, model.params, P, workers, per_worker)
+            np.testing.assert_array_equal(tokens, reference, err_msg=f"the plan for {workers} workers")
+            plans.add(tuple(fast.plan(batch, N, C, T, H, workers, 3 * P * P, per_worker).counts().items()))
     assert len(plans) >= 3  # the plans really differ with W: the test compares different splits
     with threadpool_limits(1, user_api="blas"):  # the default worker count follows the BLAS thread count
         np.testing.assert_array_equal(fast.forward_features(x, model.params, P), reference)
@@ -122,31 +124,33 @@ def covers(tiles, shape):
 def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
     c = config_for(arch)
     N, C, T, H = c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim
-    for B in (1, 2, 8, 32):
+    for B, W, per_worker in itertools.product((1, 2, 8, 32), (1, 2, 4, 8, 16),
+                                              (fast.TASKS_PER_WORKER, fast.FIXED_TASKS_PER_WORKER)):
         rows = N * B
-        for W in (1, 2, 4, 8, 16):
-            plan = fast.plan(B, N, C, T, H, W, 3 * c.patch_size ** 2)
-            assert covers(plan.norm, (rows,)) and covers(plan.stem, (rows,)) and covers(plan.token, (B * C,))
-            assert covers(plan.fc1, (rows, H)) and covers(plan.fc2, (rows, C))
-            # every matmul tile above OpenBLAS's small-matrix kernels (whose bits differ), or the whole matmul
-            for (r0, r1), (c0, c1) in plan.fc1:
-                assert (r1 - r0) * (c1 - c0) * C >= fast.MIN_TILE_MACS or (r1 - r0, c1 - c0) == (rows, H)
-            for (r0, r1), (c0, c1) in plan.fc2:
-                assert (r1 - r0) * (c1 - c0) * H >= fast.MIN_TILE_MACS or (r1 - r0, c1 - c0) == (rows, C)
-            for c0, c1 in plan.token:
-                assert (c1 - c0) * N * T >= fast.MIN_TILE_MACS or (c1 - c0) == B * C
-            assert min(b - a for a, b in plan.norm) >= fast.MIN_ROWS
-            # the parallel work grows with W: the channel MLP (88% of the FLOPs) has 2 tasks per worker
-            if arch == "mixer_b16_224":
-                assert len(plan.fc1) >= fast.TASKS_PER_WORKER * W and len(plan.fc2) >= fast.TASKS_PER_WORKER * W
-                assert len(plan.token) >= min(fast.TASKS_PER_WORKER * W, 24 * B)  # 24 at B=1: MIN_TILE_MACS
-            # bounded weight traffic: in each band of rows, the tasks on one weight slice are handed out
-            # together, so each slice is read about once per band, whatever W
-            bands = fast._split(rows, -(-rows // fast.CHANNEL_ROWS))
-            for tiles in (plan.fc1, plan.fc2):
-                keys = [(next(i for i, (a, b) in enumerate(bands) if a <= r0 < b), cols) for (r0, _), cols in tiles]
-                runs = sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
-                assert runs == len(set(keys)), (B, W)  # one run per (band, weight slice)
+        plan = fast.plan(B, N, C, T, H, W, 3 * c.patch_size ** 2, per_worker)
+        assert covers(plan.norm, (rows,)) and covers(plan.stem, (rows,)) and covers(plan.token, (B * C,))
+        assert covers(plan.fc1, (rows, H)) and covers(plan.fc2, (rows, C))
+        # every matmul tile above OpenBLAS's small-matrix kernels (whose bits differ), or the whole matmul
+        for (r0, r1), (c0, c1) in plan.fc1:
+            assert (r1 - r0) * (c1 - c0) * C >= fast.MIN_TILE_MACS or (r1 - r0, c1 - c0) == (rows, H)
+        for (r0, r1), (c0, c1) in plan.fc2:
+            assert (r1 - r0) * (c1 - c0) * H >= fast.MIN_TILE_MACS or (r1 - r0, c1 - c0) == (rows, C)
+        for c0, c1 in plan.token:
+            assert (c1 - c0) * N * T >= fast.MIN_TILE_MACS or (c1 - c0) == B * C
+        assert min(b - a for a, b in plan.norm) >= fast.MIN_ROWS
+        # the parallel work grows with W: the channel MLP (88% of the FLOPs) has per_worker tasks per
+        # worker, in whole rounds of W (a worker process's fixed share is never one tile more than another's)
+        if arch == "mixer_b16_224":
+            assert len(plan.fc1) >= per_worker * W and len(plan.fc2) >= per_worker * W
+            assert len(plan.fc1) % W == 0 and len(plan.fc2) % W == 0, (B, W, per_worker)
+            assert len(plan.token) >= min(per_worker * W, 24 * B)  # 24 at B=1: MIN_TILE_MACS
+        # bounded weight traffic: in each band of rows, the tasks on one weight slice are handed out
+        # together, so each slice is read about once per band, whatever W
+        bands = fast._split(rows, -(-rows // fast.CHANNEL_ROWS))
+        for tiles in (plan.fc1, plan.fc2):
+            keys = [(next(i for i, (a, b) in enumerate(bands) if a <= r0 < b), cols) for (r0, _), cols in tiles]
+            runs = sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
+            assert runs == len(set(keys)), (B, W)  # one run per (band, weight slice)
 
 
 def test_greedy_makespan():
