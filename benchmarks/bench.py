@@ -39,7 +39,7 @@ import warnings
 
 import numpy as np
 
-from numpy_mixer import fast
+from numpy_mixer import fast, processes
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.model import load_model
 
@@ -226,34 +226,63 @@ def python_seconds_per_call(repeats=2000):
     return best / fast.numpy_calls("norm", (0, 2), {})
 
 
-def barrier_seconds(rounds=200, trials=10):
-    """Seconds per threading.Barrier round between 2 threads, the best of `trials` runs of `rounds` (the
-    model charges W/2 of these per barrier). Wall time: on a busy machine even the best is pessimistic."""
-    barrier = threading.Barrier(2)
-
-    def other():
-        for _ in range(rounds * trials):
-            barrier.wait()
-
-    helper = threading.Thread(target=other)
-    helper.start()
+def best_round(barrier, rounds, trials):
+    """Seconds per round of barrier.wait(), the best of `trials` runs of `rounds`."""
     best = math.inf
     for _ in range(trials):
         start = time.perf_counter()
         for _ in range(rounds):
             barrier.wait()
         best = min(best, (time.perf_counter() - start) / rounds)
+    return best
+
+
+def barrier_seconds(rounds=200, trials=10):
+    """Seconds per threading.Barrier round between 2 threads (the model charges W/2 of these per
+    barrier on threads). Wall time: on a busy machine even the best is pessimistic."""
+    barrier = threading.Barrier(2)
+    helper = threading.Thread(target=lambda: [barrier.wait() for _ in range(rounds * trials)])
+    helper.start()
+    best = best_round(barrier, rounds, trials)
     helper.join()
     return best
 
 
-def task_times(x, model, plans, repeats):
+FLAG_BARRIER_HELPER = """
+import sys, numpy as np
+from numpy_mixer import processes
+control = np.frombuffer(processes.map_file(sys.argv[1]), np.int64)
+barrier = processes.FlagBarrier(control, 1, 2)
+for _ in range(int(sys.argv[2])):
+    barrier.wait()
+"""
+
+
+def flag_barrier_seconds(rounds=2000, trials=10):
+    """Seconds per round of numpy_mixer.processes' flag barrier between this process and one helper
+    process (the model charges one round per barrier on worker processes). Wall time, best of trials."""
+    from numpy_mixer import processes
+    control = processes.SharedFile(3 * processes.FLAG_STRIDE * 8)
+    try:
+        barrier = processes.FlagBarrier(np.frombuffer(control.map, np.int64), 0, 2)
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fast.__file__)))
+        helper = subprocess.Popen([sys.executable, "-c", FLAG_BARRIER_HELPER, control.path, str(rounds * trials + 1)],
+                                  env=dict(os.environ, PYTHONPATH=package_parent))
+        barrier.wait()  # the helper is up
+        best = best_round(barrier, rounds, trials)
+        helper.wait()
+    finally:
+        control.unlink()
+    return best
+
+
+def task_times(x, model, plans, repeats, per_worker):
     """{W: [(phase, [seconds per task])]}: one forward pass with each W's plan on 1 thread, the plans
     taken in turns (so that a busy spell hits all alike), each task's best of repeats."""
     best = {}
     for _ in range(repeats):
         for W in plans:
-            _, record = fast.time_tasks(x, model.params, model.config.patch_size, W)
+            _, record = fast.time_tasks(x, model.params, model.config.patch_size, W, per_worker)
             old = best.get(W, record)
             best[W] = [(name, [min(a, b) for a, b in zip(o, n)]) for (name, o), (_, n) in zip(old, record)]
     return best
@@ -262,17 +291,25 @@ def task_times(x, model, plans, repeats):
 PHASE_KINDS = ("stem+norm", "token", "norm", "fc1", "fc2")
 
 
-def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3):
+def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3, mode="processes"):
     """Time every task of one forward pass on one thread, for the plan of each W; predict each W's
-    makespan as the sum over phases of a greedy schedule of their tasks (in hand-out order, each to the
-    worker free first), at least the phase's GIL-held Python time, plus W/2 barrier rounds per barrier."""
+    makespan as the sum over phases of that phase's schedule plus the barriers:
+    - mode "processes" (worker processes, the default on x86-64): fixed shares (worker i runs tiles
+      i, i + W, ...: the phase ends with the busiest share), one flag-barrier round per barrier;
+    - mode "threads": a greedy schedule (tasks in hand-out order, each to the worker free first), at
+      least the phase's GIL-held Python time, plus W/2 two-thread barrier rounds per barrier."""
     P = model.config.patch_size
     N, C, T, H = fast.model_shape(model.params, P, model.config.img_size)
-    per_call, per_barrier = python_seconds_per_call(), barrier_seconds()
-    print(f"phase model of {model.pretrained_cfg['name']}: task times measured one at a time on 1 thread "
-          f"(best of {repeats}); Python per NumPy call {per_call * 1e6:.2f} us, a 2-thread barrier round "
-          f"{per_barrier * 1e6:.0f} us; a model, not a measurement. Phase columns: predicted ms per forward "
-          f"pass, * where the Python (GIL) time bounds it")
+    threads = mode == "threads"
+    per_worker = fast.TASKS_PER_WORKER if threads else fast.FIXED_TASKS_PER_WORKER
+    per_call = python_seconds_per_call() if threads else 0.0  # processes run their Python side by side
+    per_barrier = barrier_seconds() if threads else flag_barrier_seconds()
+    print(f"phase model of {model.pretrained_cfg['name']} on worker {mode}: task times measured one at a time on "
+          f"1 thread (best of {repeats}); "
+          + (f"Python per NumPy call {per_call * 1e6:.2f} us, a 2-thread barrier round {per_barrier * 1e6:.0f} us"
+             if threads else f"a 2-process flag-barrier round {per_barrier * 1e6:.1f} us")
+          + "; a model, not a measurement. Phase columns: predicted ms per forward pass"
+          + (", * where the Python (GIL) time bounds it" if threads else ""))
     results = []
     header = ["batch", "W", "tasks token/norm/fc1/fc2", "predicted ms", "img/s", "efficiency",
               *PHASE_KINDS, "barriers"]
@@ -281,23 +318,24 @@ def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3):
         for B in batch_sizes:
             x = rng.standard_normal((B, 3, model.config.img_size, model.config.img_size), dtype=np.float32)
             fast.time_tasks(x, model.params, P, 1)  # warm up
-            records = task_times(x, model, workers, repeats)
+            records = task_times(x, model, workers, repeats, per_worker)
             one = sum(sum(s) for _, s in records[1])  # W=1's plan on 1 worker: the 1-thread time
             for W in workers:
-                plan = fast.plan(B, N, C, T, H, W, 3 * P * P)
+                plan = fast.plan(B, N, C, T, H, W, 3 * P * P, per_worker)
                 tiles = plan.phases(len(model.params["blocks"]))
                 by_kind = {k: [0.0, 0.0] for k in PHASE_KINDS}  # predicted seconds, of which GIL-bound
                 for (name, seconds), (_, phase_tiles) in zip(records[W], tiles):
-                    scheduled = fast.greedy_makespan(seconds, W)
+                    scheduled = fast.greedy_makespan(seconds, W) if threads else fast.fixed_makespan(seconds, W)
                     gil = per_call * sum(fast.numpy_calls(name, tile, plan.shape) for tile in phase_tiles)
                     by_kind[name][0] += max(scheduled, gil)
                     by_kind[name][1] += gil if gil > scheduled else 0.0
-                barriers = (len(tiles) - 1) * per_barrier * W / 2 if W > 1 else 0.0
+                rounds = W / 2 if threads else 1
+                barriers = (len(tiles) - 1) * per_barrier * rounds if W > 1 else 0.0
                 makespan = sum(v[0] for v in by_kind.values()) + barriers
                 efficiency = one / (W * makespan)
                 counts = plan.counts()
-                results.append(dict(batch=B, workers=W, tasks=counts, one_thread_s=one, predicted_s=makespan,
-                                    efficiency=efficiency, barrier_s=barriers,
+                results.append(dict(mode=mode, batch=B, workers=W, tasks=counts, one_thread_s=one,
+                                    predicted_s=makespan, efficiency=efficiency, barrier_s=barriers,
                                     phase_s={k: v[0] for k, v in by_kind.items()},
                                     gil_bound_s={k: v[1] for k, v in by_kind.items()}))
                 table.append([str(B), str(W), "/".join(str(counts[k]) for k in ("token", "norm", "fc1", "fc2")),
@@ -368,6 +406,9 @@ def main(argv=None):
                              "times, greedy schedule) for W = --phase-workers")
     parser.add_argument("--phase-workers", default="2,4,8,16", help="worker counts for --phases (default 2,4,8,16)")
     parser.add_argument("--phase-repeats", type=int, default=3, help="each task's best of this many (default 3)")
+    parser.add_argument("--phase-mode", choices=("processes", "threads"), default=None,
+                        help="model worker processes (fixed shares, flag barriers) or threads (a shared queue, "
+                             "the GIL); default: what numpy_mixer uses here")
     parser.add_argument("--tiny", action="store_true", help="a 2-block mixer_s32_224, batches 1 and 2, 1 repeat (CI)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--compare-threads", action="store_true",
@@ -385,9 +426,11 @@ def main(argv=None):
     model = load_model(save_checkpoint(state, os.path.join(weights_folder.name, args.arch + ".safetensors")))
     rng = np.random.default_rng(0)
     if args.phases:
+        if args.phase_mode is None:
+            args.phase_mode = "processes" if processes.supported() else "threads"
         workers = [int(w) for w in args.phase_workers.split(",")]
         results = phase_model(model, batch_sizes, [1] + [w for w in workers if w != 1], rng, args.markdown,
-                              1 if args.tiny else args.phase_repeats)
+                              1 if args.tiny else args.phase_repeats, args.phase_mode)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)

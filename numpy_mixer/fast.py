@@ -630,3 +630,8 @@ def greedy_makespan(seconds, W):
         i = free.index(min(free))
         free[i] += s
     return max(free)
+
+
+def fixed_makespan(seconds, W):
+    """Finish time of tasks shared out as worker processes take them: worker i runs tasks i, i + W, ..."""
+    return max(sum(seconds[i::W]) for i in range(W))

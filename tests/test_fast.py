@@ -153,6 +153,12 @@ def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
             assert runs == len(set(keys)), (B, W)  # one run per (band, weight slice)
 
 
+def test_fixed_makespan():
+    assert fast.fixed_makespan([3, 1, 1, 1], 2) == 4  # worker 0 runs tasks 0 and 2 whatever worker 1 does
+    assert fast.fixed_makespan([1] * 8, 4) == 2
+    assert fast.fixed_makespan([2, 2], 8) == 2
+
+
 def test_greedy_makespan():
     assert fast.greedy_makespan([3, 1, 1, 1], 2) == 3
     assert fast.greedy_makespan([1] * 8, 4) == 2
@@ -369,18 +375,20 @@ def test_benchmark_tiny_prints_one_table_per_thread_count(tmp_path):
         assert all(r[k] > 0 for k in ("numpy_mixer", "pytorch", "onnxruntime", "ceiling_gflops")), r
 
 
-def test_benchmark_phase_model(tmp_path):
-    result = run_bench("--phases", "--phase-workers", "2,16", "--json", tmp_path / "phases.json")
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_benchmark_phase_model(tmp_path, mode):
+    result = run_bench("--phases", "--phase-workers", "2,16", "--phase-mode", mode, "--json", tmp_path / "phases.json")
     assert result.returncode == 0, result.stderr
-    assert "a model, not a measurement" in result.stdout
+    assert "a model, not a measurement" in result.stdout and f"on worker {mode}" in result.stdout
     rows = json.loads((tmp_path / "phases.json").read_text())
     assert [(r["batch"], r["workers"]) for r in rows] == [(b, w) for b in (1, 2) for w in (1, 2, 16)]
+    per_worker = fast.FIXED_TASKS_PER_WORKER if mode == "processes" else fast.TASKS_PER_WORKER
     for r in rows:
-        # the task counts printed are the planner's own (bench.py imports it from fast.py)
+        # the task counts printed are the planner's own for that mode (bench.py imports it from fast.py)
         c = config_for("mixer_s32_224")
         plan = fast.plan(r["batch"], c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, r["workers"],
-                         3 * c.patch_size ** 2)
-        assert r["tasks"] == plan.counts()
+                         3 * c.patch_size ** 2, per_worker)
+        assert r["mode"] == mode and r["tasks"] == plan.counts()
         assert 0 < r["efficiency"] <= 1.5 and r["predicted_s"] > 0  # a model of measured times: noisy, not > 1.5
         if r["workers"] == 1:
             assert r["barrier_s"] == 0
