@@ -17,9 +17,11 @@ by what one large float32 NumPy matmul reaches with as many threads in the same 
 ceiling. It is not a hard limit: a framework with fused, pre-packed kernels can pass it.
 Cold start is the wall time of a whole fresh process that classifies one photo from a local
 safetensors file (the numpy-mixer command, and the equivalent timm script, both on the last thread
-count); peak memory is that process's maximum resident set. --json FILE writes one row per thread
-count and batch: {threads, batch, numpy_mixer, pytorch, onnxruntime (img/s, null when absent),
-ceiling_gflops}. --phases prints the phase model instead (see phase_model).
+count); peak memory is the peak of its processes' summed proportional set size (PSS: shared pages
+counted once; sampled every 50 ms, Linux), or elsewhere its largest process's maximum resident set.
+--json FILE writes one row per thread count and batch: {threads, batch, numpy_mixer, pytorch,
+onnxruntime (img/s, null when absent), ceiling_gflops}. --phases prints the phase model instead (see
+phase_model).
 Weights are random (numpy_mixer.checkpoint): the real ones cannot be downloaded here, and speed
 does not depend on the values. torch, timm, onnx and onnxruntime are optional.
 """
@@ -63,13 +65,49 @@ for p, i in zip(top.values.tolist(), top.indices.tolist()):
     print(f"{{p:7.2%}}  class {{i}}")
 """
 
-# run a command in a fresh process; print its wall time and its peak resident set (kB on Linux)
+# run a command in a fresh process; print its wall time, its peak memory (kB) and its exit code. The
+# memory is the peak, sampled every 50 ms, of the proportional set size (PSS: pages shared between
+# processes counted once, split between them) summed over the command and its child processes, from
+# /proc (Linux); elsewhere, the largest single process's maximum resident set.
 MEASURE = """
-import resource, subprocess, sys, time
+import os, resource, subprocess, sys, time
+
+def tree(root):
+    children = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+def pss_kb(root):
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
 start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+sampled = os.path.exists(f"/proc/{os.getpid()}/smaps_rollup")
+peak = 0
+while proc.poll() is None:
+    if sampled:
+        peak = max(peak, pss_kb(proc.pid))
+    time.sleep(0.05)
 wall = time.perf_counter() - start
-print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)
+print(wall, peak if sampled else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, proc.returncode)
 """
 
 
@@ -291,7 +329,7 @@ def task_times(x, model, plans, repeats, per_worker):
 PHASE_KINDS = ("stem+norm", "token", "norm", "fc1", "fc2")
 
 
-def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3, mode="processes"):
+def phase_model(model, arch, batch_sizes, workers, rng, markdown, repeats=3, mode="processes"):
     """Time every task of one forward pass on one thread, for the plan of each W; predict each W's
     makespan as the sum over phases of that phase's schedule plus the barriers:
     - mode "processes" (worker processes, the default on x86-64): fixed shares (worker i runs tiles
@@ -304,7 +342,7 @@ def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3, mode="pro
     per_worker = fast.TASKS_PER_WORKER if threads else fast.FIXED_TASKS_PER_WORKER
     per_call = python_seconds_per_call() if threads else 0.0  # processes run their Python side by side
     per_barrier = barrier_seconds() if threads else flag_barrier_seconds()
-    print(f"phase model of {model.pretrained_cfg['name']} on worker {mode}: task times measured one at a time on "
+    print(f"phase model of {arch} on worker {mode}: task times measured one at a time on "
           f"1 thread (best of {repeats}); "
           + (f"Python per NumPy call {per_call * 1e6:.2f} us, a 2-thread barrier round {per_barrier * 1e6:.0f} us"
              if threads else f"a 2-process flag-barrier round {per_barrier * 1e6:.1f} us")
@@ -347,7 +385,7 @@ def phase_model(model, batch_sizes, workers, rng, markdown, repeats=3, mode="pro
 
 
 def measure_process(argv):
-    """(wall seconds, peak RSS in MB) of one fresh process running argv."""
+    """(wall seconds, peak memory in MB) of one fresh process running argv (see MEASURE)."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True)
     wall, rss_kb, code = out.stdout.split()
     if code != "0":
@@ -429,8 +467,8 @@ def main(argv=None):
         if args.phase_mode is None:
             args.phase_mode = "processes" if processes.supported() else "threads"
         workers = [int(w) for w in args.phase_workers.split(",")]
-        results = phase_model(model, batch_sizes, [1] + [w for w in workers if w != 1], rng, args.markdown,
-                              1 if args.tiny else args.phase_repeats, args.phase_mode)
+        results = phase_model(model, args.arch, batch_sizes, [1] + [w for w in workers if w != 1], rng,
+                              args.markdown, 1 if args.tiny else args.phase_repeats, args.phase_mode)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
