@@ -3,6 +3,7 @@
     python benchmarks/bench.py                 # mixer_b16_224, batches 1, 8, 32, 5 repeats, all cores
     python benchmarks/bench.py --threads 1,2,4,8,16 --json scaling.json   # one table per thread count
     python benchmarks/bench.py --phases        # the phase model: predicted scaling from 1-thread task times
+    python benchmarks/bench.py --kernels       # the matmuls and GELU on 1 thread, NumPy against PyTorch
     python benchmarks/bench.py --tiny          # a few-block mixer_s32 in under a minute (CI)
     python benchmarks/bench.py --markdown      # the table as markdown, for the README
 
@@ -41,7 +42,7 @@ import warnings
 
 import numpy as np
 
-from numpy_mixer import fast, processes
+from numpy_mixer import fast, layers, processes
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.model import load_model
 
@@ -384,6 +385,62 @@ def phase_model(model, arch, batch_sizes, workers, rng, markdown, repeats=3, mod
     return results
 
 
+def kernels(model, arch, batch_sizes, markdown, repeats=7):
+    """The kernels under numpy_mixer on one thread, against PyTorch's: GFLOP/s of each of the model's
+    matmuls, as one whole matmul (numpy_mixer splits it into tiles), and GELU in ns per value."""
+    torch = optional("torch")
+    P = model.config.patch_size
+    N, C, T, H = fast.model_shape(model.params, P, model.config.img_size)
+    rng = np.random.default_rng(0)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows = []
+    with blas_threads(1):
+        if torch is not None:
+            torch.set_num_threads(1)
+        for B in batch_sizes:
+            # (name, M, K, N, b transposed) of out[M, N] = a[M, K] @ b[K, N], laid out as the fast path has
+            # them: token mixing weight @ stream, channel mixing stream @ weight.T (a [N, K] weight)
+            for name, M, K, Nn, transposed in [("token fc1", T, N, B * C, False), ("token fc2", N, T, B * C, False),
+                                               ("channel fc1", N * B, C, H, True),
+                                               ("channel fc2", N * B, H, C, True)]:
+                a = rng.standard_normal((M, K), dtype=np.float32)
+                b = rng.standard_normal((Nn, K) if transposed else (K, Nn), dtype=np.float32)
+                b_view = b.T if transposed else b
+                out = np.empty((M, Nn), np.float32)
+                flops = 2 * M * K * Nn
+                ours = flops / best(lambda: np.matmul(a, b_view, out=out)) / 1e9
+                theirs = None
+                if torch is not None:
+                    ta, to = torch.from_numpy(a), torch.from_numpy(out)
+                    tb = torch.from_numpy(b).t() if transposed else torch.from_numpy(b)
+                    theirs = flops / best(lambda: torch.mm(ta, tb, out=to)) / 1e9
+                rows.append([f"batch {B}: {name} [{M}, {K}] @ [{K}, {Nn}]", f"{ours:.0f}",
+                             f"{theirs:.0f}" if theirs else "-", f"{ours / theirs:.2f}x" if theirs else "-"])
+        x = rng.standard_normal((N, H), dtype=np.float32)  # one image's channel-MLP hidden values
+        work, scratch = x.copy(), fast._Scratch()
+        per_value = {"numpy_mixer.fast.gelu_": best(lambda: (np.copyto(work, x), fast.gelu_(work, scratch)))
+                     - best(lambda: np.copyto(work, x)),
+                     "numpy_mixer.layers.gelu": best(lambda: layers.gelu(x))}
+        if torch is not None:
+            tx = torch.from_numpy(x)
+            per_value["torch.nn.functional.gelu"] = best(lambda: torch.nn.functional.gelu(tx))
+        blas = blas_info()  # inside the limit: the thread count it ran with
+    print(f"kernels of {arch} on 1 thread ({blas}; torch {torch.__version__ if torch else 'not installed'}); "
+          f"best of {repeats}")
+    print(fmt_table(["matmul", "NumPy GFLOP/s", "PyTorch GFLOP/s", "NumPy / PyTorch"], rows, markdown))
+    print(fmt_table([f"GELU of [{N}, {H}]", "ns per value"],
+                    [[k, f"{v / x.size * 1e9:.2f}"] for k, v in per_value.items()], markdown))
+
+
 def measure_process(argv):
     """(wall seconds, peak memory in MB) of one fresh process running argv (see MEASURE)."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True)
@@ -403,7 +460,7 @@ def blas_info():
     if threadpoolctl is None:
         return "BLAS: unknown (no threadpoolctl)"
     libs = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    return ", ".join(f"{i['internal_api']} {i['version']} ({i.get('architecture')} kernel, {i['num_threads']} threads)"
+    return ", ".join(f"{i['internal_api']} {i['version']} ({i.get('architecture')} kernel, {i['num_threads']} thread{'s' if i['num_threads'] != 1 else ''})"
                      for i in libs) or "BLAS: none found"
 
 
@@ -444,6 +501,9 @@ def main(argv=None):
                              "times, greedy schedule) for W = --phase-workers")
     parser.add_argument("--phase-workers", default="2,4,8,16", help="worker counts for --phases (default 2,4,8,16)")
     parser.add_argument("--phase-repeats", type=int, default=3, help="each task's best of this many (default 3)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="instead of timing frameworks: the model's matmuls and GELU on 1 thread, NumPy "
+                             "against PyTorch")
     parser.add_argument("--phase-mode", choices=("processes", "threads"), default=None,
                         help="model worker processes (fixed shares, flag barriers) or threads (a shared queue, "
                              "the GIL); default: what numpy_mixer uses here")
@@ -463,6 +523,9 @@ def main(argv=None):
     atexit.register(weights_folder.cleanup)  # removed on the way out, whichever return is taken
     model = load_model(save_checkpoint(state, os.path.join(weights_folder.name, args.arch + ".safetensors")))
     rng = np.random.default_rng(0)
+    if args.kernels:
+        kernels(model, args.arch, batch_sizes, args.markdown, 1 if args.tiny else 7)
+        return 0
     if args.phases:
         if args.phase_mode is None:
             args.phase_mode = "processes" if processes.supported() else "threads"

@@ -375,6 +375,23 @@ def test_benchmark_tiny_prints_one_table_per_thread_count(tmp_path):
         assert all(r[k] > 0 for k in ("numpy_mixer", "pytorch", "onnxruntime", "ceiling_gflops")), r
 
 
+def test_benchmark_kernels():
+    """--kernels: each of the model's matmuls, NumPy against PyTorch, and the GELUs, with real figures."""
+    result = run_bench("--kernels")
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    c = config_for("mixer_s32_224")
+    for B in (1, 2):
+        for name in ("token fc1", "token fc2", "channel fc1", "channel fc2"):
+            row = next(line for line in lines if line.startswith(f"batch {B}: {name} ["))
+            ours, theirs, ratio = row.split("]")[-1].split()
+            assert float(ours) > 0 and float(theirs) > 0 and ratio.endswith("x")
+    assert f"batch 1: channel fc1 [{c.num_patches}, {c.embed_dim}] @ [{c.embed_dim}, {c.channels_dim}]" in result.stdout
+    for name in ("numpy_mixer.fast.gelu_", "numpy_mixer.layers.gelu", "torch.nn.functional.gelu"):
+        assert float(next(line for line in lines if line.startswith(name)).split()[-1]) > 0
+
+
 @pytest.mark.parametrize("mode", ["processes", "threads"])
 def test_benchmark_phase_model(tmp_path, mode):
     result = run_bench("--phases", "--phase-workers", "2,16", "--phase-mode", mode, "--json", tmp_path / "phases.json")
