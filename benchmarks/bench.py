@@ -460,7 +460,8 @@ def blas_info():
     if threadpoolctl is None:
         return "BLAS: unknown (no threadpoolctl)"
     libs = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    return ", ".join(f"{i['internal_api']} {i['version']} ({i.get('architecture')} kernel, {i['num_threads']} thread{'s' if i['num_threads'] != 1 else ''})"
+    return ", ".join(f"{i['internal_api']} {i['version']} ({i.get('architecture')} kernel, "
+                     f"{i['num_threads']} thread{'s' if i['num_threads'] != 1 else ''})"
                      for i in libs) or "BLAS: none found"
 
 
