@@ -136,7 +136,10 @@ class MlpMixer:
         x = layers.global_pool(x)  # [B, N, C] -> [B, C]
         if pre_logits or "head" not in self.params:
             return x
-        return layers.head(x, **self.params["head"])
+        from . import fast as fast_path
+
+        with fast_path.one_blas_thread():  # a small matmul; on more threads, BLAS's threads would spin after it
+            return layers.head(x, **self.params["head"])
 
     def __call__(self, x, fast=True):
         """Logits. [B, 3, H, W] -> [B, K] (pooled features [B, C] when num_classes=0); fast as in forward_features"""

@@ -88,6 +88,26 @@ def test_the_same_bits_for_any_worker_count(arch, batch, mode, monkeypatch):
         np.testing.assert_array_equal(fast.forward_features(x, model.params, P), reference)
 
 
+def test_the_head_runs_on_one_blas_thread(monkeypatch):
+    """The head's small matmul must not wake this process's BLAS threads: they would spin after it and take
+    the cores from the worker processes of the next call (2x slower back to back on 2 cores)."""
+    from threadpoolctl import threadpool_info
+
+    model = MlpMixer(random_state_dict(config_for("mixer_s32_224", depth=1), seed=1))
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    threads_seen, head = [], layers.head
+
+    def recording_head(*args, **kwargs):
+        threads_seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+        return head(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "head", recording_head)
+    with threadpool_limits(2, user_api="blas"):
+        logits = model(x)
+        assert max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas") == 2  # restored after
+    assert threads_seen == [1] and logits.shape == (2, model.config.num_classes)
+
+
 def test_the_same_bits_however_the_tasks_are_shared(monkeypatch):
     """A worker thread slowed down takes fewer tasks (threads take tasks as they come) and the result
     does not move."""
