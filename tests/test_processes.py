@@ -84,6 +84,29 @@ def test_weights_changed_in_place_are_never_stale():
                                   fast.forward_features(x, model.params, P, workers=1))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_weights_are_copied_whole_on_any_number_of_threads(threads, monkeypatch):
+    """refresh_copies shares the leaves out over threads: every value lands where build_params reads it,
+    a non-contiguous leaf included, and a second refresh brings in-place changes."""
+    monkeypatch.setattr(processes, "COPY_THREADS_FROM", 1)  # the threads even for these small arrays
+    rng = np.random.default_rng(threads)
+    arrays = [rng.standard_normal(shape, dtype=np.float32) for shape in [(7, 5), (300,), (16, 16), (1,), (33, 9)]]
+    arrays.append(rng.standard_normal((12, 10), dtype=np.float32)[:, ::2])  # a strided view
+    params = {"leaf": {str(i): a for i, a in enumerate(arrays)}}
+    leaves, shared, placed = processes.describe_weights(params, threads)
+    try:
+        rebuilt = processes.build_params(leaves, shared.path)["leaf"]
+        for i, a in enumerate(arrays):
+            np.testing.assert_array_equal(rebuilt[str(i)], a)
+        for a in arrays:
+            a *= np.float32(-2)  # in place
+        processes.refresh_copies(shared, placed, threads)
+        for i, a in enumerate(arrays):
+            np.testing.assert_array_equal(rebuilt[str(i)], a)
+    finally:
+        shared.unlink()
+
+
 def test_a_worker_that_dies_gives_one_line_and_the_next_call_works(model_file):
     model = load_model(str(model_file))
     x = images(2)
