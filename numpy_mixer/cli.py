@@ -201,8 +201,6 @@ def run_predict(args):
 # --- random-checkpoint -------------------------------------------------------------------------------
 
 def run_random_checkpoint(args):
-    import tempfile
-
     from .checkpoint import config_for, random_state_dict, save_checkpoint
     from .demo import _RANDOM_MARK
 
@@ -220,17 +218,8 @@ def run_random_checkpoint(args):
     state = random_state_dict(config, seed=args.seed)
     metadata = {"format": "pt", "source": _RANDOM_MARK, "warning": RANDOM_WARNING, "arch": args.arch,
                 "num_classes": str(args.num_classes), "seed": str(args.seed)}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".numpy-mixer-", suffix=".tmp")
-    os.close(fd)
-    try:  # write, then rename: a full disk or ^C never leaves half a checkpoint under the name
+    with files.written_whole(out) as tmp:  # never half a checkpoint under the name
         save_checkpoint(state, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes it private)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     params = sum(v.size for v in state.values())
     say("note", f"wrote {out}: {args.arch}, {args.num_classes} classes, {params:,} parameters, seed {args.seed}. "
                 f"{RANDOM_WARNING}.")

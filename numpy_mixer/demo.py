@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .checkpoint import config_for, random_state_dict, save_checkpoint
 from .errors import MixerError
+from .files import written_whole
 from .hub import WEIGHTS_NAME, cached_hub_file
 from .hub import hub_reachable as _hub_reachable  # the 3-s probe, shared with the loader
 from .model import MlpMixer, load_model
@@ -104,15 +105,8 @@ def random_checkpoint(arch="mixer_b16_224", num_classes=1000, seed=0):
     path = _cache_dir() / f"{arch}-{num_classes}-seed{seed}.safetensors"
     if not path.is_file():
         state = random_state_dict(config_for(arch, num_classes=num_classes), seed=seed)
-        # write to a temporary name, then rename: two notebooks starting at once never read half a file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
+        with written_whole(path) as tmp:  # two notebooks starting at once never read half a file
             save_checkpoint(state, tmp, metadata={"format": "pt", "source": _RANDOM_MARK, "seed": str(seed)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return path
 
 

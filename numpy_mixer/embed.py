@@ -27,7 +27,7 @@ import zipfile
 import numpy as np
 
 from .errors import MixerError
-from .files import check_regular, image_files
+from .files import check_regular, image_files, written_whole
 
 DEFAULT_BATCH_SIZE = 16
 _RUN_FILE = "run.json"
@@ -107,15 +107,9 @@ def _fingerprint(model, paths, batch_size):
 
 
 def _save_atomic(path, **arrays):
-    """np.savez to a temporary file in the same folder, then rename: a file on disk is always whole."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """np.savez, whole or not at all (files.written_whole)."""
+    with written_whole(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _chunk_name(k):
@@ -207,26 +201,19 @@ def write_npz(out, paths, chunks, num_features):
             failed_index.append(c["failed"])
             reasons.extend(c["reasons"].tolist())
     ok_index, failed_index = np.concatenate(ok_index), np.concatenate(failed_index)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-            with z.open("embeddings.npy", "w", force_zip64=True) as f:  # [n, C], chunk after chunk
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
-                          "shape": (len(ok_index), num_features)}
-                np.lib.format.write_array_header_2_0(f, header)
-                for chunk in chunks:
-                    with np.load(chunk) as c:
-                        f.write(np.ascontiguousarray(c["embeddings"], "<f4").tobytes())
-            for name, array in (("paths", np.asarray([paths[i] for i in ok_index], dtype=str)),
-                                ("failed", np.asarray([paths[i] for i in failed_index], dtype=str)),
-                                ("failed_reasons", np.asarray(reasons, dtype=str))):
-                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, array, allow_pickle=False)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with written_whole(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        with z.open("embeddings.npy", "w", force_zip64=True) as f:  # [n, C], chunk after chunk
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                      "shape": (len(ok_index), num_features)}
+            np.lib.format.write_array_header_2_0(f, header)
+            for chunk in chunks:
+                with np.load(chunk) as c:
+                    f.write(np.ascontiguousarray(c["embeddings"], "<f4").tobytes())
+        for name, array in (("paths", np.asarray([paths[i] for i in ok_index], dtype=str)),
+                            ("failed", np.asarray([paths[i] for i in failed_index], dtype=str)),
+                            ("failed_reasons", np.asarray(reasons, dtype=str))):
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, array, allow_pickle=False)
     return len(ok_index), len(failed_index)
 
 

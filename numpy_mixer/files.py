@@ -4,14 +4,35 @@ A FIFO opened for reading blocks until someone writes to it, and /dev/zero never
 file is opened non-blocking and its type checked on the open descriptor (no race between a check
 and the open) before a byte is read.
 """
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 
 from .errors import MixerError
 
 _KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+
+
+@contextlib.contextmanager
+def written_whole(path):
+    """with written_whole(path) as tmp: write the file at tmp; when the block ends without an error, tmp
+    takes path's name, else it is removed: a full disk or ^C never leaves half a file under the name,
+    and a reader never sees one. tmp sits in path's folder (a rename within one file system) and gets
+    the permissions open() would have given (mkstemp makes it private)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".numpy-mixer-", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _kind(mode):

@@ -233,3 +233,25 @@ def test_urls_are_embedded_as_predict_takes_them(tmp_path, digits_model):
         result = numpy_mixer.embed([paths[1], url, f"{base}/gone.png"], model=digits_model)
     assert list(result["paths"]) == [paths[1], url] and "HTTP 404" in result["failed_reasons"][0]
     np.testing.assert_array_equal(result["embeddings"][0], result["embeddings"][1])
+
+
+def test_files_are_written_whole_with_the_usual_permissions(tmp_path):
+    """files.written_whole, behind every file the package writes (checkpoints, embeddings, chunks): the
+    target appears whole with the permissions open() would give, or not at all, and no temporary is left."""
+    from numpy_mixer.files import written_whole
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with written_whole(target) as tmp:
+            Path(tmp).write_bytes(b"half")
+            raise KeyboardInterrupt  # ^C mid-write
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    umask = os.umask(0o027)
+    try:
+        with written_whole(target) as tmp:
+            Path(tmp).write_bytes(b"new")
+    finally:
+        os.umask(umask)
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert target.stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, not mkstemp's private 0o600
