@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import MixerError
+from .errors import MixerError, first_line
 from .fetch import fetch, is_url
 from .files import open_regular
 from .weights import DEFAULT_PREPROCESSING
@@ -57,7 +57,7 @@ def _open_file(path, check_size=None, data=None):
                              "decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); raise it if you trust "
                              "the file") from None
         except _DECODE_ERRORS as e:
-            raise MixerError(f"{path}: cannot read the image ({_first_line(e)})") from None
+            raise MixerError(f"{path}: cannot read the image ({first_line(e)})") from None
         with opened:
             w, h = opened.size
             if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
@@ -70,11 +70,7 @@ def _open_file(path, check_size=None, data=None):
                 opened.load()
                 return _checked_rgb(opened, path)
             except _DECODE_ERRORS as e:  # truncated or corrupt image data
-                raise MixerError(f"{path}: cannot read the image ({_first_line(e)})") from None
-
-
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise MixerError(f"{path}: cannot read the image ({first_line(e)})") from None
 
 
 def _checked_rgb(img, name):
@@ -96,7 +92,7 @@ def load_image(img, check_size=None):
         try:
             img.load()  # a lazily opened file is read here: closed or truncated ones fail now, with a message
         except _DECODE_ERRORS as e:
-            raise MixerError(f"the PIL image cannot be read ({_first_line(e)}): was it closed, or is its file "
+            raise MixerError(f"the PIL image cannot be read ({first_line(e)}): was it closed, or is its file "
                              "truncated?") from None
         return _checked_rgb(img, "the PIL image")
     if isinstance(img, np.ndarray):

@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from .errors import MixerError
+from .errors import MixerError, first_line
 
 SPIN_CHECKS = 3000  # flag checks (about 1 us each) before a waiting worker starts to yield its core
 START_SECONDS = 60  # workers that have not said hello by then are given up on
@@ -536,8 +536,7 @@ def worker_main(rank, W, down_fd, up_fd):
                     raise
             _send(up, {"ok": True})
         except Exception as e:  # one line back to the caller, which raises it
-            first = (str(e).splitlines() or [""])[0]
-            _send(up, {"error": f"numpy-mixer worker process {rank}: {type(e).__name__}: {first}"})
+            _send(up, {"error": f"numpy-mixer worker process {rank}: {type(e).__name__}: {first_line(e)}"})
 
 
 def _run_share(fast, job, state, rank, W, barrier, scratch):
