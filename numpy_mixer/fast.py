@@ -341,17 +341,17 @@ def _blas():
     return _controller.select(user_api="blas")
 
 
-def one_blas_thread():
-    """A with-block in which this process's BLAS runs on one thread (a no-op without threadpoolctl).
+def blas_threads(n):
+    """A with-block in which this process's BLAS runs on n threads (a no-op without threadpoolctl).
 
-    For the small matmuls around a forward pass (the head): a BLAS call on several threads wakes the
+    One, for the small matmuls around a forward pass (the head): a BLAS call on several threads wakes the
     BLAS library's own threads, which then spin for a while (OpenBLAS: about 0.1 s) before they sleep,
     taking the cores from the worker processes of the next pass. Measured on 2 cores, model(x) back to
     back at batch 1: Mixer-S/16 110 ms a call with the head's matmul on 2 threads, 47 ms on one;
     Mixer-B/16 5.3 img/s against 7.4.
     """
     blas = _blas()
-    return blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
+    return blas.limit(limits=n) if blas is not None else contextlib.nullcontext()
 
 
 def num_workers():

@@ -6,13 +6,12 @@
 
 Gradients come from numpy_mixer.backward; everything stays float32 (the dtype of the weights).
 """
-import contextlib
 import math
 import time
 
 import numpy as np
 
-from . import backward, layers
+from . import backward, fast, layers
 from .errors import MixerError
 from .model import flatten, nest
 from .weights import expected_shapes
@@ -92,15 +91,6 @@ class AdamW:
 # --- the training loop -----------------------------------------------------------------------------------
 
 
-def _blas_threads(limit):
-    """Limit BLAS threads with threadpoolctl when it is installed (it is optional); else change nothing."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=limit, user_api="blas")
-
-
 def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10, batch_size=64, lr=1e-3,
         weight_decay=0.05, warmup_epochs=1, min_lr=0.0, seed=0, augment=None, progress=True, desc="train",
         blas_threads=1):
@@ -120,7 +110,7 @@ def fit(params, loss_and_grads, predict, x, y, x_val=None, y_val=None, epochs=10
     total_steps = epochs * steps_per_epoch
     history = {"loss": [], "lr": [], "train_loss": [], "train_acc": [], "val_acc": [], "epoch_time_s": []}
     step = 0
-    with _blas_threads(blas_threads), \
+    with fast.blas_threads(blas_threads), \
             tqdm(total=total_steps, desc=desc, disable=not progress, leave=False) as bar:
         for epoch in range(epochs):
             start = time.perf_counter()
