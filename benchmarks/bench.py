@@ -4,6 +4,7 @@
     python benchmarks/bench.py --threads 1,2,4,8,16 --json scaling.json   # one table per thread count
     python benchmarks/bench.py --phases        # the phase model: predicted scaling from 1-thread task times
     python benchmarks/bench.py --kernels       # the matmuls and GELU on 1 thread, NumPy against PyTorch
+    python benchmarks/bench.py --profile       # where a real parallel pass spends its time, phase by phase
     python benchmarks/bench.py --tiny          # a few-block mixer_s32 in under a minute (CI)
     python benchmarks/bench.py --markdown      # the table as markdown, for the README
 
@@ -441,6 +442,51 @@ def kernels(model, arch, batch_sizes, markdown, repeats=7):
                     [[k, f"{v / x.size * 1e9:.2f}"] for k, v in per_value.items()], markdown))
 
 
+def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
+    """Where the time of a real parallel pass goes, per thread count and batch: numpy_mixer.fast.profile
+    (every worker's time in each phase's tasks and at its barrier) for `repeats` passes, the one of median
+    wall time shown; with the same plan's tasks timed one at a time on one thread for comparison."""
+    P = model.config.patch_size
+    mode = "processes" if processes.supported() else "threads"
+    per_worker = fast.FIXED_TASKS_PER_WORKER if mode == "processes" else fast.TASKS_PER_WORKER
+    rng = np.random.default_rng(0)
+    print(f"profile of {arch} on worker {mode}: one pass, the median of {repeats} by wall time; ms per pass.\n"
+          "outside: the call's time outside the phases (patches, weights, starting and collecting the workers); "
+          "critical: the sum over phases of the busiest worker's time in its tasks (the span with free "
+          "barriers), then by phase kind; sync: the phases' span beyond it (barriers, workers released late); "
+          "imbalance: the part of critical above the workers' mean; contention: the workers' summed task "
+          "time over the same tasks' time one at a time on one thread (1.00: as fast as alone)")
+    header = ["threads", "batch", "img/s", "wall", "outside", "critical", *(f"  {k}" for k in PHASE_KINDS),
+              "sync", "imbalance", "contention"]
+    table, results = [], []
+    for W in counts:
+        for B in batch_sizes:
+            x = rng.standard_normal((B, 3, model.config.img_size, model.config.img_size), dtype=np.float32)
+            with blas_threads(1):
+                _, record = fast.time_tasks(x, model.params, P, W, per_worker)
+            alone = sum(sum(seconds) for _, seconds in record)
+            with blas_threads(W):
+                fast.profile(x, model.params, P)  # warm up: workers started, pages touched
+                runs = sorted((fast.profile(x, model.params, P)[1] for _ in range(repeats)), key=lambda r: r["wall"])
+            run = runs[len(runs) // 2]
+            workers = run["workers"]
+            phases = len(workers[0])
+            span = sum(work + wait for _, work, wait in workers[0])
+            busiest = [max(w[i][1] for w in workers) for i in range(phases)]
+            mean = [sum(w[i][1] for w in workers) / len(workers) for i in range(phases)]
+            by_kind = {k: sum(b for (name, _, _), b in zip(workers[0], busiest) if name == k) for k in PHASE_KINDS}
+            row = dict(threads=W, batch=B, mode=mode, wall_s=run["wall"], outside_s=run["wall"] - span,
+                       critical_s=sum(busiest), critical_by_kind_s=by_kind, sync_s=span - sum(busiest),
+                       imbalance_s=sum(busiest) - sum(mean), contention=sum(mean) * len(workers) / alone)
+            results.append(row)
+            ms = lambda s: f"{s * 1e3:.1f}"  # noqa: E731
+            table.append([str(W), str(B), f"{B / run['wall']:.2f}", ms(run["wall"]), ms(row["outside_s"]),
+                          ms(row["critical_s"]), *(ms(by_kind[k]) for k in PHASE_KINDS), ms(row["sync_s"]),
+                          ms(row["imbalance_s"]), f"{row['contention']:.2f}"])
+    print(fmt_table(header, table, markdown))
+    return results
+
+
 def measure_process(argv):
     """(wall seconds, peak memory in MB) of one fresh process running argv (see MEASURE)."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True)
@@ -502,6 +548,9 @@ def main(argv=None):
                              "times, greedy schedule) for W = --phase-workers")
     parser.add_argument("--phase-workers", default="2,4,8,16", help="worker counts for --phases (default 2,4,8,16)")
     parser.add_argument("--phase-repeats", type=int, default=3, help="each task's best of this many (default 3)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing frameworks: where a real parallel pass of numpy_mixer spends its "
+                             "time, per --threads and batch (fast.profile)")
     parser.add_argument("--kernels", action="store_true",
                         help="instead of timing frameworks: the model's matmuls and GELU on 1 thread, NumPy "
                              "against PyTorch")
@@ -526,6 +575,14 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     if args.kernels:
         kernels(model, args.arch, batch_sizes, args.markdown, 1 if args.tiny else 7)
+        return 0
+    if args.profile:
+        counts, skipped = thread_counts(args.threads)
+        results = profile_table(model, args.arch, batch_sizes, counts, 1 if args.tiny else args.repeats,
+                                args.markdown)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
         return 0
     if args.phases:
         if args.phase_mode is None:

@@ -382,17 +382,38 @@ def forward_features(x, params, patch_size=16, workers=None):
     first. Every value is computed by the same operations whatever tile and worker it falls in: the
     result is the same, bit for bit, for any W (BLAS single-threaded in each worker: threadpoolctl).
     """
+    return _forward_features(x, params, patch_size, workers)
+
+
+def profile(x, params, patch_size=16, workers=None):
+    """forward_features, timed phase by phase in every worker (wall time: what the pass took, waits
+    included; benchmarks/bench.py --profile prints it).
+
+    Returns (tokens [B, N, C], {"wall": seconds of the whole call, "workers": one list per worker of
+    (phase name, seconds in its tasks, seconds at the barrier before the phase), phase by phase; on worker
+    processes this process's list first, then the helpers' by rank}).
+    """
+    times = []
+    start = time.perf_counter()
+    tokens = _forward_features(x, params, patch_size, workers, times)
+    return tokens, {"wall": time.perf_counter() - start, "workers": times}
+
+
+def _forward_features(x, params, patch_size, workers, times=None):
     with _run_lock:
         W = workers or num_workers()  # read inside the lock: not the 1 of another call's BLAS limit
         if W > 1 and _blas() is not None and processes.supported():
-            return _forward_processes(x, params, patch_size, W)
-        return _forward(x, params, shapes(x, params, patch_size), W, W, None)
+            return _forward_processes(x, params, patch_size, W, times)
+        return _forward(x, params, shapes(x, params, patch_size), W, W, None, times)
 
 
-def _forward_processes(x, params, patch_size, W):
+def _forward_processes(x, params, patch_size, W, times=None):
     """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, the tiles
     of each phase shared i, i+W, i+2W, ... over them, over shared memory."""
     job = shapes(x, params, patch_size, FIXED_TASKS_PER_WORKER)
+    mine = None
+    if times is not None:
+        job["profile"], mine = True, []  # the helpers send their phase times back
     try:
         pool = processes.pool(W)
         pool.use_weights(params)
@@ -400,7 +421,10 @@ def _forward_processes(x, params, patch_size, W):
         a, steps = _prepare(x, params, job, W, buffer)
         scratch = _scratch()
         with _blas().limit(limits=1):  # this process is worker 0: single-threaded BLAS, as the others
-            pool.run(job, lambda barrier: run_phases(steps, barrier, lambda i, tiles: tiles[0::W], scratch))
+            helpers = pool.run(job, lambda barrier: run_phases(steps, barrier, lambda i, tiles: tiles[0::W],
+                                                               scratch, mine))
+        if times is not None:
+            times += [mine] + [[tuple(t) for t in h] for h in helpers]
     except BaseException:
         processes.discard()  # whatever went wrong, the next call starts from fresh workers
         raise
@@ -501,17 +525,22 @@ def phases(p, a, tasks, P):
     return [(name, tiles, fn) for (name, tiles), fn in zip(tasks.phases(len(blocks)), run_fns)]
 
 
-def run_phases(steps, barrier, share, scratch):
+def run_phases(steps, barrier, share, scratch, times=None):
     """Run this worker's share of every phase, waiting at the barrier between phases.
 
     share(i, tiles): an iterable of the tiles of phase i this worker runs (a queue shared by the
-    threads, or a fixed slice per worker process).
+    threads, or a fixed slice per worker process). times: None, or a list that gets (phase name,
+    seconds in this worker's tasks, seconds it waited at the barrier before them) for every phase.
     """
-    for i, (_, tiles, fn) in enumerate(steps):
+    for i, (name, tiles, fn) in enumerate(steps):
+        arrived = time.perf_counter()
         if i:
             barrier.wait()
+        start = time.perf_counter()
         for tile in share(i, tiles):
             fn(tile, scratch)
+        if times is not None:
+            times.append((name, time.perf_counter() - start, start - arrived))
 
 
 def shapes(x, params, patch_size, tasks_per_worker=TASKS_PER_WORKER):
@@ -547,7 +576,7 @@ def _prepare(x, params, job, plan_workers, buffer=None):
     return a, steps
 
 
-def _forward(x, params, job, W, plan_workers, record):
+def _forward(x, params, job, W, plan_workers, record, times=None):
     a, steps = _prepare(x, params, job, plan_workers)
     if record is not None:  # one worker, each task timed
         scratch = _scratch()
@@ -561,7 +590,15 @@ def _forward(x, params, job, W, plan_workers, record):
     else:
         # one queue of tasks per phase: next() on a list iterator is atomic, so each task is taken once
         queues = [iter(tiles) for _, tiles, _ in steps]
-        _run(lambda barrier: run_phases(steps, barrier, lambda i, _: queues[i], _scratch()), W)
+
+        def work(barrier):
+            mine = None
+            if times is not None:
+                mine = []
+                times.append(mine)  # list.append is atomic: one list per worker thread
+            run_phases(steps, barrier, lambda i, _: queues[i], _scratch(), mine)
+
+        _run(work, W)
     return np.ascontiguousarray(a["normed"].transpose(1, 0, 2))  # [N, B, C] -> [B, N, C]
 
 

@@ -373,20 +373,19 @@ class Pool:
         return message
 
     def _collect(self, doing, timeout=3600):
-        """Every worker's reply to the last broadcast; the first failure (not an abort) raised after all."""
-        errors = []
+        """Every worker's reply to the last broadcast, in rank order; the first failure (not an abort)
+        raised after all have answered."""
+        errors, replies = [], []
         for rank, (up, _) in enumerate(self.conns, 1):
             try:
                 message = self._reply(rank, up, timeout, doing)
             except WorkerError as e:
                 errors.append(e)
                 continue
-            if message.get("aborted"):
-                errors.append(None)
-        real = [e for e in errors if e is not None]
-        if real:
-            raise real[0]
-        return bool(errors)
+            replies.append(message)
+        if errors:
+            raise errors[0]
+        return replies
 
     def alive(self):
         for rank, proc in enumerate(self.procs, 1):
@@ -428,7 +427,10 @@ class Pool:
         return np.frombuffer(shared.map, np.float32, floats)
 
     def run(self, job, main_share):
-        """One pass: every worker runs its share of `job`; this process runs main_share(barrier) as worker 0."""
+        """One pass: every worker runs its share of `job`; this process runs main_share(barrier) as worker 0.
+
+        Returns the helpers' phase times, [[(phase, seconds in tasks, seconds at the barrier before it)]]
+        by rank from 1, when job["profile"] is true (else empty lists)."""
         self.control[:] = 0
         self._broadcast(dict(job, op="run"))
         barrier = FlagBarrier(self.control, 0, self.W, alive=self.alive)
@@ -444,7 +446,7 @@ class Pool:
             if isinstance(e, Aborted):  # a worker aborted but its reply said nothing more
                 raise WorkerError("a numpy-mixer worker process stopped the forward pass") from None
             raise
-        self._collect("finish the forward pass")
+        return [reply.get("times") or [] for reply in self._collect("finish the forward pass")]
 
     def close(self):
         for _, down in self.conns:
@@ -526,19 +528,23 @@ def worker_main(rank, W, down_fd, up_fd):
                 state["activations"], state["activations_map"] = np.frombuffer(m, np.float32), m
             elif op == "run":
                 barrier = FlagBarrier(state["control"], rank, W, alive=parent_alive)
+                times = [] if message.get("profile") else None
                 try:
-                    _run_share(fast, message, state, rank, W, barrier, scratch)
+                    _run_share(fast, message, state, rank, W, barrier, scratch, times)
                 except Aborted:
                     _send(up, {"aborted": True})
                     continue
                 except BaseException:
                     barrier.abort()
                     raise
+                if times is not None:
+                    _send(up, {"ok": True, "times": times})
+                    continue
             _send(up, {"ok": True})
         except Exception as e:  # one line back to the caller, which raises it
             _send(up, {"error": f"numpy-mixer worker process {rank}: {type(e).__name__}: {first_line(e)}"})
 
 
-def _run_share(fast, job, state, rank, W, barrier, scratch):
+def _run_share(fast, job, state, rank, W, barrier, scratch, times=None):
     _, steps = fast.steps_of(state["params"], job, W, state["activations"])
-    fast.run_phases(steps, barrier, lambda i, tiles: tiles[rank::W], scratch)
+    fast.run_phases(steps, barrier, lambda i, tiles: tiles[rank::W], scratch, times)

@@ -108,6 +108,24 @@ def test_the_head_runs_on_one_blas_thread(monkeypatch):
     assert threads_seen == [1] and logits.shape == (2, model.config.num_classes)
 
 
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_profile_times_every_phase_of_every_worker(mode, monkeypatch):
+    """fast.profile: the same tokens as forward_features, and each worker's time in every phase, in order."""
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", mode)
+    model = MlpMixer(random_state_dict(config_for("mixer_s32_224", depth=2), seed=1))
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    tokens, run = fast.profile(x, model.params, 32, workers=3)
+    np.testing.assert_array_equal(tokens, fast.forward_features(x, model.params, 32, workers=1))
+    c = model.config
+    names = [name for name, _ in fast.plan(2, c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, 3).phases(2)]
+    assert len(run["workers"]) == 3
+    for worker in run["workers"]:
+        assert [name for name, _, _ in worker] == names and worker[0][2] < 1e-3  # no barrier before the first
+        assert all(work >= 0 and wait >= 0 for _, work, wait in worker)
+        assert run["wall"] >= sum(work + wait for _, work, wait in worker) > 0
+    assert max(sum(work for _, work, _ in w) for w in run["workers"]) > 0
+
+
 def test_the_same_bits_however_the_tasks_are_shared(monkeypatch):
     """A worker thread slowed down takes fewer tasks (threads take tasks as they come) and the result
     does not move."""
@@ -393,6 +411,20 @@ def test_benchmark_tiny_prints_one_table_per_thread_count(tmp_path):
     for r in rows:
         assert set(r) == {"threads", "batch", "numpy_mixer", "pytorch", "onnxruntime", "ceiling_gflops"}
         assert all(r[k] > 0 for k in ("numpy_mixer", "pytorch", "onnxruntime", "ceiling_gflops")), r
+
+
+def test_benchmark_profile(tmp_path):
+    """--profile: a real parallel pass taken apart, per thread count and batch, the parts adding up."""
+    result = run_bench("--profile", "--threads", "1,2", "--json", tmp_path / "profile.json")
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    rows = json.loads((tmp_path / "profile.json").read_text())
+    assert [(r["threads"], r["batch"]) for r in rows] == [(t, b) for t in (1, 2) for b in (1, 2)]
+    for r in rows:
+        assert r["wall_s"] > 0 and r["outside_s"] >= 0 and r["critical_s"] > 0 and r["contention"] > 0
+        assert r["wall_s"] == pytest.approx(r["outside_s"] + r["critical_s"] + r["sync_s"])
+        assert sum(r["critical_by_kind_s"].values()) == pytest.approx(r["critical_s"])
+        assert 0 <= r["imbalance_s"] <= r["critical_s"]
 
 
 def test_benchmark_kernels():
