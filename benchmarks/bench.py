@@ -20,7 +20,8 @@ ceiling. It is not a hard limit: a framework with fused, pre-packed kernels can 
 Cold start is the wall time of a whole fresh process that classifies one photo from a local
 safetensors file (the numpy-mixer command, and the equivalent timm script, both on the last thread
 count); peak memory is the peak of its processes' summed proportional set size (PSS: shared pages
-counted once; sampled every 50 ms, Linux), or elsewhere its largest process's maximum resident set.
+counted once; sampled every 50 ms from /proc on Linux, which takes the timed run a little CPU), or
+elsewhere its largest process's maximum resident set.
 --json FILE writes one row per thread count and batch: {threads, batch, numpy_mixer, pytorch,
 onnxruntime (img/s, null when absent), ceiling_gflops}. --phases prints the phase model instead (see
 phase_model).
@@ -301,17 +302,25 @@ for _ in range(int(sys.argv[2])):
 def flag_barrier_seconds(rounds=2000, trials=10):
     """Seconds per round of numpy_mixer.processes' flag barrier between this process and one helper
     process (the model charges one round per barrier on worker processes). Wall time, best of trials."""
-    from numpy_mixer import processes
     control = processes.SharedFile(3 * processes.FLAG_STRIDE * 8)
+    helper = None
+
+    def alive():  # checked now and then while the barrier waits long: a dead helper would never come
+        if helper.poll() is not None:
+            raise SystemExit(f"bench.py: the flag-barrier helper process exited with code {helper.returncode}")
+
     try:
-        barrier = processes.FlagBarrier(np.frombuffer(control.map, np.int64), 0, 2)
+        barrier = processes.FlagBarrier(np.frombuffer(control.map, np.int64), 0, 2, alive=alive)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fast.__file__)))
         helper = subprocess.Popen([sys.executable, "-c", FLAG_BARRIER_HELPER, control.path, str(rounds * trials + 1)],
                                   env=dict(os.environ, PYTHONPATH=package_parent))
         barrier.wait()  # the helper is up
         best = best_round(barrier, rounds, trials)
-        helper.wait()
+        helper.wait(timeout=60)
     finally:
+        if helper is not None and helper.poll() is None:  # ^C or an error here: the helper would wait forever
+            helper.kill()
+            helper.wait()
         control.unlink()
     return best
 
@@ -447,19 +456,21 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
     (every worker's time in each phase's tasks and at its barrier) for `repeats` passes, the one of median
     wall time shown; with the same plan's tasks timed one at a time on one thread for comparison."""
     P = model.config.patch_size
-    mode = "processes" if processes.supported() else "threads"
-    per_worker = fast.FIXED_TASKS_PER_WORKER if mode == "processes" else fast.TASKS_PER_WORKER
     rng = np.random.default_rng(0)
-    print(f"profile of {arch} on worker {mode}: one pass, the median of {repeats} by wall time; ms per pass.\n"
+    print(f"profile of {arch}: one pass, the median of {repeats} by wall time; ms per pass.\n"
           "outside: the call's time outside the phases (patches, weights, starting and collecting the workers); "
           "critical: the sum over phases of the busiest worker's time in its tasks (the span with free "
-          "barriers), then by phase kind; sync: the phases' span beyond it (barriers, workers released late); "
-          "imbalance: the part of critical above the workers' mean; contention: the workers' summed task "
-          "time over the same tasks' time one at a time on one thread (1.00: as fast as alone)")
-    header = ["threads", "batch", "img/s", "wall", "outside", "critical", *(f"  {k}" for k in PHASE_KINDS),
+          "barriers), then by phase kind; sync: the phases' span (the longest worker's) beyond it (barriers, "
+          "workers released late); imbalance: the part of critical above the workers' mean; contention: the "
+          "workers' summed task time over the same tasks' time one at a time on one thread (1.00: as fast as "
+          "alone)")
+    header = ["threads", "workers", "batch", "img/s", "wall", "outside", "critical", *(f"  {k}" for k in PHASE_KINDS),
               "sync", "imbalance", "contention"]
     table, results = [], []
     for W in counts:
+        # what forward_features runs: worker processes (their plan) for W > 1 where supported, else threads
+        mode = "one" if W == 1 else "processes" if processes.supported() else "threads"
+        per_worker = fast.FIXED_TASKS_PER_WORKER if mode == "processes" else fast.TASKS_PER_WORKER
         for B in batch_sizes:
             x = rng.standard_normal((B, 3, model.config.img_size, model.config.img_size), dtype=np.float32)
             with blas_threads(1):
@@ -471,7 +482,7 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
             run = runs[len(runs) // 2]
             workers = run["workers"]
             phases = len(workers[0])
-            span = sum(work + wait for _, work, wait in workers[0])
+            span = max(sum(work + wait for _, work, wait in w) for w in workers)  # the last worker to finish
             busiest = [max(w[i][1] for w in workers) for i in range(phases)]
             mean = [sum(w[i][1] for w in workers) / len(workers) for i in range(phases)]
             by_kind = {k: sum(b for (name, _, _), b in zip(workers[0], busiest) if name == k) for k in PHASE_KINDS}
@@ -480,7 +491,7 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
                        imbalance_s=sum(busiest) - sum(mean), contention=sum(mean) * len(workers) / alone)
             results.append(row)
             ms = lambda s: f"{s * 1e3:.1f}"  # noqa: E731
-            table.append([str(W), str(B), f"{B / run['wall']:.2f}", ms(run["wall"]), ms(row["outside_s"]),
+            table.append([str(W), mode, str(B), f"{B / run['wall']:.2f}", ms(run["wall"]), ms(row["outside_s"]),
                           ms(row["critical_s"]), *(ms(by_kind[k]) for k in PHASE_KINDS), ms(row["sync_s"]),
                           ms(row["imbalance_s"]), f"{row['contention']:.2f}"])
     print(fmt_table(header, table, markdown))
@@ -578,6 +589,8 @@ def main(argv=None):
         return 0
     if args.profile:
         counts, skipped = thread_counts(args.threads)
+        if skipped:
+            print(f"note: skipping --threads {','.join(map(str, skipped))}: this machine has {os.cpu_count()} cores")
         results = profile_table(model, args.arch, batch_sizes, counts, 1 if args.tiny else args.repeats,
                                 args.markdown)
         if args.json:

@@ -53,7 +53,8 @@ from . import layers, processes
 _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack for a busy core, few GIL rounds
 # ... and on worker processes, which take fixed shares (no slack to gain): one round of the largest tiles
-# (measured on 1 core for b16 at W = 16, batch 1: 23 ms per image predicted against 26 with 2 per worker)
+# (b16 at W = 16, batch 1: 22.6 ms per pass against 26.2 with 2 per worker, as the phase model predicts
+# from task times measured on 1 core)
 FIXED_TASKS_PER_WORKER = 1
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
@@ -342,16 +343,25 @@ def _blas():
 
 
 def blas_threads(n):
-    """A with-block in which this process's BLAS runs on n threads (a no-op without threadpoolctl).
-
-    One, for the small matmuls around a forward pass (the head): a BLAS call on several threads wakes the
-    BLAS library's own threads, which then spin for a while (OpenBLAS: about 0.1 s) before they sleep,
-    taking the cores from the worker processes of the next pass. Measured on 2 cores, model(x) back to
-    back at batch 1: Mixer-S/16 110 ms a call with the head's matmul on 2 threads, 47 ms on one;
-    Mixer-B/16 5.3 img/s against 7.4.
-    """
+    """A with-block in which this process's BLAS runs on n threads (a no-op without threadpoolctl)."""
     blas = _blas()
     return blas.limit(limits=n) if blas is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """A with-block for the small matmuls around a forward pass (the head): BLAS on one thread, while
+    holding the lock forward_features holds.
+
+    On more threads, a BLAS call wakes the BLAS library's own threads, which then spin for a while
+    (OpenBLAS: about 0.1 s) before they sleep, taking the cores from the worker processes of the next
+    pass. Measured on 2 cores, model(x) back to back at batch 1: Mixer-S/16 110 ms a call with the
+    head's matmul on 2 threads, 47 ms on one; Mixer-B/16 5.3 img/s against 7.4. The lock: a limit puts
+    back the count it found when it ends, so a head's limit interleaved with a forward pass's in another
+    thread could put back the pass's 1 for good.
+    """
+    with _run_lock, blas_threads(1):
+        yield
 
 
 def num_workers():

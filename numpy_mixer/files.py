@@ -7,8 +7,8 @@ and the open) before a byte is read.
 import contextlib
 import errno
 import os
+import secrets
 import stat
-import tempfile
 
 from .errors import MixerError
 
@@ -20,15 +20,20 @@ _KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 def written_whole(path):
     """with written_whole(path) as tmp: write the file at tmp; when the block ends without an error, tmp
     takes path's name, else it is removed: a full disk or ^C never leaves half a file under the name,
-    and a reader never sees one. tmp sits in path's folder (a rename within one file system) and gets
-    the permissions open() would have given (mkstemp makes it private)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".numpy-mixer-", suffix=".tmp")
-    os.close(fd)
+    and a reader never sees one. tmp sits in path's folder (a rename within one file system) and has
+    the permissions of any new file (0o666 less the umask; a file it replaces may have had others)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for _ in range(100):  # a fresh name, made with O_EXCL (mkstemp would make the file private, 0o600)
+        tmp = os.path.join(folder, f".numpy-mixer-{secrets.token_hex(8)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise MixerError(f"{folder}: cannot make a temporary file name there")
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

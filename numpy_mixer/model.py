@@ -138,7 +138,7 @@ class MlpMixer:
             return x
         from . import fast as fast_path
 
-        with fast_path.blas_threads(1):  # a small matmul; on more threads, BLAS's threads would spin after it
+        with fast_path.one_blas_thread():  # a small matmul; on more threads, BLAS's threads would spin after it
             return layers.head(x, **self.params["head"])
 
     def __call__(self, x, fast=True):

@@ -158,8 +158,9 @@ def _file_of(array):
 
 def describe_weights(params, threads=1):
     """(leaves, shared file or None, copies): each float32 leaf as ["file", path, offset, shape, stat] when
-    it is mapped from a file (workers map the same pages), else ["shm", offset, shape] in one shared copy;
-    copies: [(array, float offset)] of the copied ones, which refresh_copies() copies again before each pass."""
+    it is mapped from a file (workers map the same pages), else ["shm", offset, shape] in one shared copy,
+    made on `threads` threads; copies: [(array, float offset)] of the copied ones, which refresh_copies()
+    copies again before each pass."""
     leaves, copies = [], []
     for path, array in _leaves(params):
         array = np.asarray(array)
@@ -209,14 +210,17 @@ def refresh_copies(shared, placed, threads=1):
     list(_copy_pool(len(shares)).map(copy, shares))  # list(): wait for every share, raise the first error
 
 
-_copiers = None
+_copiers, _copier_count = None, 0
 
 
 def _copy_pool(threads):
     """A thread pool for refresh_copies (threads that wait for work sleep: they take no core meanwhile)."""
-    global _copiers
-    if _copiers is None or _copiers._max_workers < threads:
+    global _copiers, _copier_count
+    if _copiers is None or _copier_count < threads:
+        if _copiers is not None:
+            _copiers.shutdown(wait=False)  # its threads end once idle
         _copiers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="numpy-mixer-copy")
+        _copier_count = threads
     return _copiers
 
 
@@ -542,7 +546,9 @@ def worker_main(rank, W, down_fd, up_fd):
                     continue
             _send(up, {"ok": True})
         except Exception as e:  # one line back to the caller, which raises it
-            _send(up, {"error": f"numpy-mixer worker process {rank}: {type(e).__name__}: {first_line(e)}"})
+            text = first_line(e)  # the type's name alone when the message is empty
+            what = text if text == type(e).__name__ else f"{type(e).__name__}: {text}"
+            _send(up, {"error": f"numpy-mixer worker process {rank}: {what}"})
 
 
 def _run_share(fast, job, state, rank, W, barrier, scratch, times=None):

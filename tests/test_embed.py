@@ -236,8 +236,8 @@ def test_urls_are_embedded_as_predict_takes_them(tmp_path, digits_model):
 
 
 def test_files_are_written_whole_with_the_usual_permissions(tmp_path):
-    """files.written_whole, behind every file the package writes (checkpoints, embeddings, chunks): the
-    target appears whole with the permissions open() would give, or not at all, and no temporary is left."""
+    """files.written_whole, behind the checkpoints, embeddings and chunks the package writes: the target
+    appears whole with a new file's permissions, or not at all, and no temporary is left."""
     from numpy_mixer.files import written_whole
 
     target = tmp_path / "out.bin"

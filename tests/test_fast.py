@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from numpy_mixer import fast, layers, predict
+from numpy_mixer import fast, layers, predict, processes
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.errors import MixerError
 from numpy_mixer.model import MlpMixer, load_model
@@ -99,6 +99,9 @@ def test_the_head_runs_on_one_blas_thread(monkeypatch):
 
     def recording_head(*args, **kwargs):
         threads_seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+        # under forward_features' lock: a limit interleaved with a pass's in another thread would leave
+        # the pass's 1 in place for good
+        assert fast._run_lock.locked()
         return head(*args, **kwargs)
 
     monkeypatch.setattr(layers, "head", recording_head)
@@ -420,11 +423,17 @@ def test_benchmark_profile(tmp_path):
     assert "Warning" not in result.stderr, result.stderr
     rows = json.loads((tmp_path / "profile.json").read_text())
     assert [(r["threads"], r["batch"]) for r in rows] == [(t, b) for t in (1, 2) for b in (1, 2)]
+    assert [r["mode"] for r in rows] == ["one", "one"] + ["processes" if processes.supported() else "threads"] * 2
     for r in rows:
-        assert r["wall_s"] > 0 and r["outside_s"] >= 0 and r["critical_s"] > 0 and r["contention"] > 0
-        assert r["wall_s"] == pytest.approx(r["outside_s"] + r["critical_s"] + r["sync_s"])
-        assert sum(r["critical_by_kind_s"].values()) == pytest.approx(r["critical_s"])
-        assert 0 <= r["imbalance_s"] <= r["critical_s"]
+        # the tasks hold nearly all of a pass, and they run about as fast as the same tasks alone (a
+        # factor of 2 off would be a mix-up of workers, phases or plans, not noise)
+        assert 0 < r["outside_s"] < 0.5 * r["wall_s"] and r["critical_s"] > 0.3 * r["wall_s"], r
+        assert 0.5 < r["contention"] < 1.8, r
+        assert r["sync_s"] > -0.05 * r["wall_s"], r  # the longest worker's span holds the busiest phases
+        if r["threads"] == 1:  # one worker: no one to wait for, nothing above the mean
+            assert r["imbalance_s"] == 0 and abs(r["sync_s"]) < 0.05 * r["wall_s"], r
+    first, second = (r["critical_by_kind_s"] for r in rows[:2])
+    assert second["fc1"] > first["fc1"] and second["token"] > first["token"]  # batch 2 costs more than batch 1
 
 
 def test_benchmark_kernels():

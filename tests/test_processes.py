@@ -128,9 +128,9 @@ def test_a_worker_killed_mid_pass_stops_it_with_one_line(model_file, monkeypatch
     victim = processes._pool.procs[0]
     real = fast.run_phases
 
-    def kill_then_run(steps, barrier, share, scratch):  # worker 0 kills worker 1, then waits for it
+    def kill_then_run(*args):  # worker 0 kills worker 1, then waits for it
         victim.send_signal(signal.SIGKILL)
-        return real(steps, barrier, share, scratch)
+        return real(*args)
 
     monkeypatch.setattr(fast, "run_phases", kill_then_run)
     start = time.monotonic()
