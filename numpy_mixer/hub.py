@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 
-from .errors import MixerError
+from .errors import MixerError, first_line
 from .weights import ARCHITECTURES, MixerConfig
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts both spellings
@@ -134,7 +134,7 @@ def hub_file(repo, filename, revision=None):
                          + (" (numpy-mixer reads only safetensors weights, never pickled .bin/.pth files)"
                             if filename == WEIGHTS_NAME else "")) from None
     except (HfHubHTTPError, OSError) as e:
-        raise MixerError(f"cannot download {where}: {str(e).splitlines()[0]}; {_WAYS_FORWARD}") from None
+        raise MixerError(f"cannot download {where}: {first_line(e)}; {_WAYS_FORWARD}") from None
 
 
 def cached_hub_file(repo, filename, revision=None):

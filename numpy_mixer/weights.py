@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MixerError
+from .errors import MixerError, first_line
 from .files import open_regular
 
 DEFAULT_MODEL = "mixer_b16_224.goog_in21k_ft_in1k"
@@ -300,7 +300,7 @@ def _parse_header(raw, path, data_len):
     except RecursionError:
         raise corrupt("JSON nested too deeply") from None
     except ValueError as e:  # bad JSON, a duplicate key, NaN, a huge number
-        raise corrupt(str(e).splitlines()[0]) from None
+        raise corrupt(first_line(e)) from None
     if not isinstance(header, dict):
         raise corrupt("not a JSON object")
     metadata = header.pop("__metadata__", None)
