@@ -124,17 +124,23 @@ def model_flops(config):
     return 2 * macs
 
 
+def best_seconds(fn, repeats):
+    """The fastest of `repeats` timed calls of fn(), after one untimed (first-call allocations, lazy init)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def matmul_gflops(n=2048, repeats=5):
     """GFLOP/s of an n x n float32 matmul, best of repeats: the matmul ceiling (at the current BLAS threads)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, n, n), dtype=np.float32)
-    out = a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.matmul(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times) / 1e9
+    out = np.empty((n, n), np.float32)
+    return 2 * n ** 3 / best_seconds(lambda: np.matmul(a, b, out=out), repeats) / 1e9
 
 
 def optional(name):
@@ -311,9 +317,8 @@ def flag_barrier_seconds(rounds=2000, trials=10):
 
     try:
         barrier = processes.FlagBarrier(np.frombuffer(control.map, np.int64), 0, 2, alive=alive)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fast.__file__)))
         helper = subprocess.Popen([sys.executable, "-c", FLAG_BARRIER_HELPER, control.path, str(rounds * trials + 1)],
-                                  env=dict(os.environ, PYTHONPATH=package_parent))
+                                  env=processes.helper_env())
         barrier.wait()  # the helper is up
         best = best_round(barrier, rounds, trials)
         helper.wait(timeout=60)
@@ -404,13 +409,7 @@ def kernels(model, arch, batch_sizes, markdown, repeats=7):
     rng = np.random.default_rng(0)
 
     def best(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return best_seconds(fn, repeats)
 
     rows = []
     with blas_threads(1):

@@ -430,7 +430,7 @@ def _forward_processes(x, params, patch_size, W, times=None):
         buffer = pool.use_activations(buffer_size(layout_of(job)))
         a, steps = _prepare(x, params, job, W, buffer)
         scratch = _scratch()
-        with _blas().limit(limits=1):  # this process is worker 0: single-threaded BLAS, as the others
+        with blas_threads(1):  # this process is worker 0: single-threaded BLAS, as the others
             helpers = pool.run(job, lambda barrier: run_phases(steps, barrier, lambda i, tiles: tiles[0::W],
                                                                scratch, mine))
         if times is not None:
@@ -618,8 +618,7 @@ def _run(work, W):
     The caller holds _run_lock: two interleaved calls would share the pool and the BLAS thread limit,
     and could wait on each other's barriers.
     """
-    blas = _blas()
-    with blas.limit(limits=1) if blas is not None else contextlib.nullcontext():
+    with blas_threads(1):
         if W == 1:
             work(_NoBarrier())
         else:

@@ -1,4 +1,5 @@
-"""Opening a user's file safely: regular files only, one clear line for every way it can fail.
+"""Opening a user's file safely: regular files only, one clear line for every way it can fail; and
+writing a file whole or not at all (written_whole).
 
 A FIFO opened for reading blocks until someone writes to it, and /dev/zero never ends, so the
 file is opened non-blocking and its type checked on the open descriptor (no race between a check

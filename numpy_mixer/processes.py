@@ -302,6 +302,15 @@ class FlagBarrier:
 
 # --- the pool, seen from the calling process ---------------------------------------------------------------
 
+def helper_env():
+    """The environment of a helper process: single-threaded BLAS, and this numpy_mixer first on its path
+    (the one imported here, installed or not)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                VECLIB_MAXIMUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+                    [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
 def _send(conn, message):
     conn.send_bytes(json.dumps(message).encode())
 
@@ -321,10 +330,7 @@ class Pool:
         self.placed = []  # (array, offset) of the leaves copied to shared memory
         self.weights_file = None
         self.activations = None
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   VECLIB_MAXIMUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-                       [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        env = helper_env()
         try:
             for rank in range(1, W):
                 down_r, down_w = os.pipe()  # this process -> worker
