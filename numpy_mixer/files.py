@@ -21,8 +21,9 @@ _KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 def written_whole(path):
     """with written_whole(path) as tmp: write the file at tmp; when the block ends without an error, tmp
     takes path's name, else it is removed: a full disk or ^C never leaves half a file under the name,
-    and a reader never sees one. tmp sits in path's folder (a rename within one file system) and has
-    the permissions of any new file (0o666 less the umask; a file it replaces may have had others)."""
+    and a reader never sees one. tmp sits in path's folder (a rename within one file system), and path
+    ends with the permissions of any new file (0o666 less the umask), whatever the writer gave tmp
+    (safetensors writes its files 0o600) or the file it replaces had."""
     folder = os.path.dirname(os.path.abspath(path))
     for _ in range(100):  # a fresh name, made with O_EXCL (mkstemp would make the file private, 0o600)
         tmp = os.path.join(folder, f".numpy-mixer-{secrets.token_hex(8)}.tmp")
@@ -34,7 +35,9 @@ def written_whole(path):
     else:
         raise MixerError(f"{folder}: cannot make a temporary file name there")
     try:
+        new_file_mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, read without changing it
         yield tmp
+        os.chmod(tmp, new_file_mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -13,6 +13,7 @@ from PIL import Image
 
 import numpy_mixer
 from numpy_mixer import MixerError, load_model
+from numpy_mixer.checkpoint import save_checkpoint
 
 from .conftest import timm_model
 from .helpers import serve
@@ -251,7 +252,11 @@ def test_files_are_written_whole_with_the_usual_permissions(tmp_path):
     try:
         with written_whole(target) as tmp:
             Path(tmp).write_bytes(b"new")
+        assert target.stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, not mkstemp's private 0o600
+        with written_whole(target) as tmp:  # a writer that makes its own file, private (as safetensors does)
+            save_checkpoint({"w": np.ones(3, np.float32)}, tmp)
+            assert os.stat(tmp).st_mode & 0o777 == 0o600
     finally:
         os.umask(umask)
-    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
-    assert target.stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, not mkstemp's private 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert target.stat().st_mode & 0o777 == 0o640
