@@ -32,6 +32,8 @@ def written_whole(path):
             break
         except FileExistsError:
             continue
+        except OSError as e:  # no such folder, no permission, a read-only file system ...
+            raise MixerError(f"{path}: cannot write in {folder} ({e.strerror or e})") from None
     else:
         raise MixerError(f"{folder}: cannot make a temporary file name there")
     try:

@@ -260,3 +260,6 @@ def test_files_are_written_whole_with_the_usual_permissions(tmp_path):
         os.umask(umask)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
     assert target.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(MixerError, match=r"x\.bin: cannot write in .*missing \(No such file or directory\)"):
+        with written_whole(tmp_path / "missing" / "x.bin"):
+            pass
