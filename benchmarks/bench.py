@@ -229,11 +229,20 @@ def blas_threads(n):
     return threadpoolctl.threadpool_limits(n, user_api="blas")
 
 
+def positive_ints(spec, option):
+    """"1,2,4" -> [1, 2, 4]; anything else ends the run with one line naming the option."""
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"{option} takes comma-separated positive integers, got {spec!r}")
+    return values
+
+
 def thread_counts(spec):
     """--threads "1,2,4" -> ([counts up to os.cpu_count()], [counts skipped])."""
-    counts = [int(t) for t in spec.split(",")]
-    if any(t < 1 for t in counts):
-        raise SystemExit(f"--threads takes positive integers, got {spec!r}")
+    counts = positive_ints(spec, "--threads")
     cores = os.cpu_count() or 1
     return [t for t in counts if t <= cores], [t for t in counts if t > cores]
 
@@ -576,7 +585,7 @@ def main(argv=None):
     changes = {}
     if args.tiny:
         args.arch, args.batch_sizes, args.repeats, changes = "mixer_s32_224", "1,2", 1, {"depth": 2}
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
     config = config_for(args.arch, **changes)
     state = random_state_dict(config, seed=0)
     weights_folder = tempfile.TemporaryDirectory()  # the weights as users have them: a mapped safetensors file
@@ -590,6 +599,8 @@ def main(argv=None):
         counts, skipped = thread_counts(args.threads)
         if skipped:
             print(f"note: skipping --threads {','.join(map(str, skipped))}: this machine has {os.cpu_count()} cores")
+        if not counts:
+            return 0
         results = profile_table(model, args.arch, batch_sizes, counts, 1 if args.tiny else args.repeats,
                                 args.markdown)
         if args.json:
@@ -599,7 +610,7 @@ def main(argv=None):
     if args.phases:
         if args.phase_mode is None:
             args.phase_mode = "processes" if processes.supported() else "threads"
-        workers = [int(w) for w in args.phase_workers.split(",")]
+        workers = positive_ints(args.phase_workers, "--phase-workers")
         results = phase_model(model, args.arch, batch_sizes, [1] + [w for w in workers if w != 1], rng,
                               args.markdown, 1 if args.tiny else args.phase_repeats, args.phase_mode)
         if args.json:

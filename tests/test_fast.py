@@ -436,6 +436,14 @@ def test_benchmark_profile(tmp_path):
     assert second["fc1"] > first["fc1"] and second["token"] > first["token"]  # batch 2 costs more than batch 1
 
 
+@pytest.mark.parametrize("args", [("--threads", "abc"), ("--threads", "1,,2"), ("--threads", "0"),
+                                  ("--profile", "--threads", "2,x"), ("--phases", "--phase-workers", "two")])
+def test_benchmark_refuses_bad_counts_in_one_line(args):
+    result = run_bench(*args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "takes comma-separated positive integers" in result.stderr
+
+
 def test_benchmark_kernels():
     """--kernels: each of the model's matmuls, NumPy against PyTorch, and the GELUs, with real figures."""
     result = run_bench("--kernels")
