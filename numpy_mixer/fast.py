@@ -410,6 +410,9 @@ def profile(x, params, patch_size=16, workers=None):
 
 
 def _forward_features(x, params, patch_size, workers, times=None):
+    if len(x) == 0:  # no images: no rows for the plan to cut (MlpMixer returns this too)
+        job = shapes(x, params, patch_size)
+        return np.zeros((0, job["N"], job["C"]), _F32)
     with _run_lock:
         W = workers or num_workers()  # read inside the lock: not the 1 of another call's BLAS limit
         if W > 1 and _blas() is not None and processes.supported():

@@ -129,6 +129,15 @@ def test_profile_times_every_phase_of_every_worker(mode, monkeypatch):
     assert max(sum(work for _, work, _ in w) for w in run["workers"]) > 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_empty_batch_gives_empty_tokens(workers):
+    model = MlpMixer(random_state_dict(config_for("mixer_s32_224", depth=1), seed=1))
+    empty = np.zeros((0, 3, 224, 224), np.float32)
+    tokens = fast.forward_features(empty, model.params, 32, workers=workers)
+    assert tokens.shape == (0, 49, 512) and tokens.dtype == np.float32
+    assert fast.profile(empty, model.params, 32, workers=workers)[0].shape == (0, 49, 512)
+
+
 def test_the_same_bits_however_the_tasks_are_shared(monkeypatch):
     """A worker thread slowed down takes fewer tasks (threads take tasks as they come) and the result
     does not move."""
