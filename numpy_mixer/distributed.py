@@ -43,15 +43,18 @@ def worker_model(model):
         return _MODELS[model]
 
 
-def embed_partition(model, paths, start, batch_size):
+def embed_partition(model, paths, start, batch_size, known=None):
     """One task: the batches of paths (input positions start, start + 1, ...) through the worker's model.
 
+    known: {path: reason} of inputs already found unusable (missing, a folder without images), reported
+    as failed in their place without being read, as the single-process run does.
     -> (indices [b'] int64, embeddings [b', C] float32, [(index, reason)] of images that could not be read)
     """
     mixer = worker_model(model)
+    errors = {path: MixerError(reason) for path, reason in (known or {}).items()}
     indices, features, failed = [], [], []
     for lo, hi in batches(len(paths), batch_size):
-        ok, f, bad = embed_batch(mixer, paths[lo:hi])
+        ok, f, bad = embed_batch(mixer, paths[lo:hi], errors)
         indices.append(ok + start + lo)
         features.append(f)
         failed.extend((start + lo + i, reason) for i, reason in bad)
@@ -87,10 +90,16 @@ def embed(paths, client, model=None, batch_size=DEFAULT_BATCH_SIZE, out=None, pr
     model = os.fspath(model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
-    files = collect_images(paths)
+    problems = {}  # unusable inputs stay in their place and are reported, as in the single-process run
+    files = collect_images(paths, problems)
     workers = len(client.scheduler_info().get("workers", {})) or 1
     spans = partitions(len(files), batch_size, workers)
-    futures = [client.submit(embed_partition, model, files[lo:hi], lo, batch_size, pure=False) for lo, hi in spans]
+
+    def known(lo, hi):
+        return {path: str(problems[path]) for path in files[lo:hi] if path in problems}
+
+    futures = [client.submit(embed_partition, model, files[lo:hi], lo, batch_size, known(lo, hi), pure=False)
+               for lo, hi in spans]
     size = {f.key: hi - lo for f, (lo, hi) in zip(futures, spans)}
     from tqdm.auto import tqdm
 

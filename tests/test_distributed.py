@@ -70,6 +70,22 @@ def test_each_worker_loads_the_model_once_across_tasks_and_calls(client, tmp_pat
     assert all("digits" in models for models in first.values())  # both workers did work
 
 
+def test_missing_inputs_are_reported_in_place_as_the_single_process_run_does(client, tmp_path):
+    paths = write_crops(tmp_path / "imgs", 12)
+    missing, empty = str(tmp_path / "missing.jpg"), tmp_path / "empty"
+    empty.mkdir()
+    inputs = paths[:3] + [missing] + paths[3:9] + [str(empty)] + paths[9:]  # in two different partitions
+    single = numpy_mixer.embed(inputs, model="digits", batch_size=4)
+    spread = distributed.embed(inputs, client, model="digits", batch_size=4)
+    assert list(spread["paths"]) == paths == list(single["paths"])
+    assert np.array_equal(spread["embeddings"], single["embeddings"])
+    assert list(spread["failed"]) == [missing, str(empty)] == list(single["failed"])
+    assert list(spread["failed_reasons"]) == list(single["failed_reasons"])
+    assert "missing.jpg: no such file" in spread["failed_reasons"][0]
+    with pytest.raises(MixerError, match="missing.jpg: no such file"):  # nothing usable: the first error raises
+        distributed.embed([missing], client, model="digits")
+
+
 def test_partitions_are_whole_batches_sized_from_the_worker_count():
     for count, batch, workers in [(200, 16, 2), (200, 16, 16), (5, 16, 4), (1000, 7, 3)]:
         parts = distributed.partitions(count, batch, workers)
