@@ -64,15 +64,17 @@ def embed_batch(model, paths, errors=None):
 
     errors: {path: MixerError} already known (collect_images), reported without reading the path.
     """
+    from .fast import num_workers
+    from .predict import _read
+    from .preprocess import read_all
+
     inputs, ok, failed = [], [], []
-    for i, path in enumerate(paths):
-        try:
-            if errors and path in errors:
-                raise errors[path]
-            inputs.append(model.preprocess(path))  # [3, S, S]
+    for i, result in enumerate(read_all(paths, lambda path: _read(model, path, errors), num_workers())):
+        if isinstance(result, MixerError):  # unreadable: skipped and reported, the run goes on
+            failed.append((i, str(result)))
+        else:
+            inputs.append(result)  # [3, S, S]
             ok.append(i)
-        except MixerError as e:  # unreadable: skipped and reported, the run goes on
-            failed.append((i, str(e)))
     if not inputs:
         return np.zeros(0, np.int64), np.zeros((0, model.num_features), np.float32), failed
     x = np.stack(inputs)  # [b', 3, S, S]

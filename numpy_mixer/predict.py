@@ -10,6 +10,7 @@ from PIL import Image
 from .errors import MixerError
 from .labels import load_labels
 from .model import MlpMixer, load_model
+from .preprocess import read_all
 from .weights import DEFAULT_MODEL
 
 _DEFAULT = {}
@@ -83,6 +84,8 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
     if not images:  # nothing to do: no model to load (the default one is a download)
         return
     model = _check_model(model)
+    from .fast import num_workers  # images are read on as many threads as the model runs on
+
     names = class_names(model)
     k = min(top_k, model.num_classes)
     bar = None
@@ -92,7 +95,7 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            results = [_read(model, img) for img in batch]  # [3, H, W] arrays or MixerErrors
+            results = read_all(batch, lambda img: _read(model, img), num_workers())  # [3, H, W] or MixerErrors
             good = [i for i, r in enumerate(results) if not isinstance(r, MixerError)]
             if good:
                 with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
@@ -115,8 +118,10 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
             bar.close()
 
 
-def _read(model, img):
-    """model.preprocess(img), or a MixerError naming the image."""
+def _read(model, img, known=None):
+    """model.preprocess(img), or a MixerError naming the image. known: {path: MixerError} found before."""
+    if known and isinstance(img, (str, os.PathLike)) and img in known:
+        return known[img]
     try:
         return model.preprocess(img)
     except MixerError as e:

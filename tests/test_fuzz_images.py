@@ -8,8 +8,10 @@ A MixerError for an image timm accepts is allowed only for the documented limits
 past 256:1, Pillow's decompression-bomb limit). 16-bit grayscale is compared after our documented
 scaling to 8 bits (Pillow's own conversion clips it). Case counts scale with the hypothesis profile.
 """
+import importlib
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -188,3 +190,91 @@ def test_peak_memory_can_be_measured():
         np.frombuffer(block, np.uint8)[:] = 1
         assert (memory_kib("VmHWM") - before) * 1024 >= 99 * MIB
     assert os.path.exists("/proc/self/clear_refs")
+
+
+# --- reading a batch on several threads (preprocess.read_all) -------------------------------------------------
+
+class RecordingBudget:
+    """preprocess.PixelBudget that remembers the most pixels held at once and how many images held some."""
+
+    def __init__(self, limit):
+        self.inner = PIXEL_BUDGET(limit)
+        self.limit, self.most, self.most_images, self.images = limit, 0, 0, 0
+
+    def take(self, pixels):
+        taken = self.inner.take(pixels)
+        with self.inner._room:
+            self.images += 1
+            self.most = max(self.most, self.inner.used)
+            self.most_images = max(self.most_images, self.images)
+        return taken
+
+    def give(self, pixels):
+        with self.inner._room:
+            self.images -= pixels > 0
+        self.inner.give(pixels)
+
+
+PREPROCESS = importlib.import_module("numpy_mixer.preprocess")  # the package's `preprocess` is the function
+PIXEL_BUDGET = PREPROCESS.PixelBudget
+
+
+def read_or_error(source):
+    try:
+        return preprocess(source, CONFIGS[0])
+    except MixerError as e:
+        return e
+
+
+@settings(max_examples=settings().max_examples // 2, deadline=None)
+@given(cases=st.lists(images(), min_size=1, max_size=10), missing=st.sets(st.integers(0, 9), max_size=2),
+       workers=st.integers(2, 8), budget=st.integers(1, 400 * 400))
+def test_reading_on_threads_is_reading_one_by_one_within_the_pixel_budget(tmp_path_factory, cases, missing, workers,
+                                                                          budget):
+    """read_all on several threads gives the same arrays and the same one-line errors, in input order, as
+    reading one image after another; the decoded pixels held at once never pass its budget."""
+    folder = tmp_path_factory.mktemp("batch", numbered=True)
+    sources = []
+    for i, (data, _, _) in enumerate(cases):
+        if isinstance(data, bytes):
+            data = folder / f"image-{i}.bin"
+            data.write_bytes(cases[i][0])
+        sources.append(str(folder / f"missing-{i}.jpg") if i in missing else data)
+    budgets = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PREPROCESS, "PixelBudget", lambda limit: budgets.append(RecordingBudget(limit)) or budgets[-1])
+        together = PREPROCESS.read_all(sources, read_or_error, workers, budget_pixels=budget)
+    alone = [read_or_error(source) for source in sources]
+    assert len(together) == len(alone) == len(sources)
+    for a, b in zip(together, alone):
+        if isinstance(b, MixerError):
+            assert isinstance(a, MixerError) and str(a) == str(b) and "\n" not in str(a)
+        else:
+            np.testing.assert_array_equal(a, b)
+    if len(sources) > 1:
+        (recorded,) = budgets
+        assert recorded.most <= budget and recorded.inner.used == 0
+
+
+def test_the_pixel_budget_bounds_parallel_reads_and_lets_a_larger_image_through_alone(tmp_path, monkeypatch):
+    """100x100 images under a budget of 2.5 of them: two at a time, never three (held while read() sleeps);
+    a 200x200 image, over the whole budget, is read when it is the only one held."""
+    paths = []
+    for i, side in enumerate([100] * 6 + [200] + [100] * 3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (side, side), (i * 20, 100, 50)).save(paths[-1])
+    budgets = []
+    monkeypatch.setattr(PREPROCESS, "PixelBudget", lambda limit: budgets.append(RecordingBudget(limit)) or budgets[-1])
+
+    def slow_read(path):
+        x = read_or_error(path)
+        time.sleep(0.05)  # the pixels stay held until read returns: reads overlap here if the budget lets them
+        return x
+
+    out = PREPROCESS.read_all(paths, slow_read, 8, budget_pixels=25_000)
+    assert all(isinstance(x, np.ndarray) for x in out)
+    for x, path in zip(out, paths):
+        np.testing.assert_array_equal(x, read_or_error(path))
+    (recorded,) = budgets
+    assert recorded.most <= 25_000 and recorded.most_images == 2  # parallel, and bounded
+    assert PREPROCESS.read_all(paths[:1], slow_read, 8, budget_pixels=1)[0].shape == (3, 224, 224)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The many-core measurement, as one prepared run (a lent machine gives minutes, not hours):
+#
+#     bash benchmarks/manycore.sh OUT_FOLDER [THREADS] [SECONDS]     # defaults: 16,4 and 540
+#
+# PYTHON names the interpreter (default python3).
+# 1. the scaling benchmark on THREADS (numpy_mixer on processes and on threads, PyTorch, ONNX Runtime):
+#    OUT_FOLDER/bench.md and OUT_FOLDER/manycore.json (copy it to benchmarks/results/NAME.json for the
+#    README and notebook 5);
+# 2. with the time left, the profile of real passes on the largest thread count (where a pass goes:
+#    outside, critical by phase, sync, imbalance, contention): OUT_FOLDER/profile.md;
+# 3. then the kernels on one thread, NumPy against PyTorch: OUT_FOLDER/kernels.md.
+# Every step stops at the time left of SECONDS, so the whole run ends within it; a step cut short
+# leaves what it printed so far. Needs numpy, threadpoolctl, torch, timm, onnxruntime (and onnx for the
+# export); nothing is installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bash benchmarks/manycore.sh OUT_FOLDER [THREADS] [SECONDS]}
+threads=${2:-16,4}
+budget=${3:-540}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+start=$SECONDS
+left() { echo $((budget - (SECONDS - start))); }
+step() {  # step NAME FILE ARGS...: bench.py ARGS, cut at the time left, output into FILE and here
+    local name=$1 file=$2 seconds
+    shift 2
+    seconds=$(left)
+    if ((seconds < 20)); then
+        echo "== $name: skipped, ${seconds} s left" | tee "$out/$file"
+        return
+    fi
+    echo "== $name (at most ${seconds} s; load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"
+    timeout "$seconds" "${PYTHON:-python3}" benchmarks/bench.py "$@" 2>&1 | tee "$out/$file"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+}
+echo "$(nproc) CPUs; $(uname -m)"
+step "scaling benchmark, $threads threads" bench.md --threads "$threads" --repeats 5 --compare-threads \
+    --markdown --json "$out/manycore.json"
+step "profile, ${threads%%,*} threads" profile.md --profile --threads "${threads%%,*}" --batch-sizes 1,8,32 \
+    --repeats 3 --markdown
+step "kernels, 1 thread" kernels.md --kernels --batch-sizes 1,32 --markdown
