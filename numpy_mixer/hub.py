@@ -28,7 +28,6 @@ CONFIG_NAME = "config.json"
 # save_pretrained names a Mixer whose shape is none of timm's registered ones so (timm cannot build it by
 # name: its factories fix patch_size, num_blocks and embed_dim; timm.models.MlpMixer(**model_args) can)
 CUSTOM_ARCHITECTURE = "mixer_custom"
-_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 _PICKLED = ("pytorch_model.bin", "pytorch_model.pth", "model.pth")
 PROBE_TIMEOUT_S = 3.0
 
@@ -202,23 +201,15 @@ def parse_config(cfg, source):
         raise MixerError(f"{source}: config.json has global_pool={global_pool!r}, stem_norm="
                          f"{model_args.get('stem_norm', False)}; numpy-mixer runs timm's default Mixer "
                          "(global_pool='avg', no stem norm) only")
-    mean, std = pretrained_cfg.get("mean", (0.5,) * 3), pretrained_cfg.get("std", (0.5,) * 3)
-    interpolation = pretrained_cfg.get("interpolation", "bicubic")
-    crop_pct = pretrained_cfg.get("crop_pct", 0.875)
     crop_mode = pretrained_cfg.get("crop_mode", "center")
-    if interpolation not in _INTERPOLATIONS:
-        raise MixerError(f"{source}: interpolation {interpolation!r} in config.json; expected one of "
-                         f"{', '.join(_INTERPOLATIONS)}")
     if crop_mode != "center":
         raise MixerError(f"{source}: crop_mode {crop_mode!r} in config.json; numpy-mixer's preprocessing "
                          "does timm's 'center' crop only")
-    if not (isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1):
-        raise MixerError(f"{source}: crop_pct {crop_pct!r} in config.json; expected a number in (0, 1]")
-    for key, value in (("mean", mean), ("std", std)):
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or not all(isinstance(v, (int, float)) for v in value) or (key == "std" and min(value) <= 0)):
-            raise MixerError(f"{source}: {key} {value!r} in config.json; expected three numbers"
-                             + (" above 0" if key == "std" else ""))
+    from .preprocess import check_preprocessing
+
+    checked = check_preprocessing({k: pretrained_cfg[k] for k in ("mean", "std", "interpolation", "crop_pct")
+                                   if k in pretrained_cfg}, f"{source}: config.json")
+    mean, std, interpolation, crop_pct = (checked[k] for k in ("mean", "std", "interpolation", "crop_pct"))
     num_classes = pretrained_cfg.get("num_classes")
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 0):

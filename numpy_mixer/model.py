@@ -94,14 +94,17 @@ class MlpMixer:
         p = self.params
         if len(x) == 0:  # an empty batch gives empty outputs, as in timm
             return np.zeros((0, self.config.num_patches, self.config.embed_dim), self.dtype)
-        if fast and self.dtype == np.float32:
-            from . import fast as fast_path
-            return fast_path.forward_features(x, p, self.config.patch_size)
-        # one image at a time: images do not interact, and a big batch's [B, N, H] temporaries fall out of
-        # cache (per image, B=16 took twice as long as B=1); layers.py stays the plain batched maths
-        images = [x[i:i + 1] for i in range(len(x))] or [x]
-        return np.concatenate([layers.forward_features(image, p["stem"], p["blocks"], p["norm"], self.config.patch_size)
-                               for image in images])
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+            if fast and self.dtype == np.float32:
+                from . import fast as fast_path
+                tokens = fast_path.forward_features(x, p, self.config.patch_size)
+            else:
+                # one image at a time: images do not interact, and a big batch's [B, N, H] temporaries fall out
+                # of cache (per image, B=16 took twice as long as B=1); layers.py stays the plain batched maths
+                tokens = np.concatenate([layers.forward_features(x[i:i + 1], p["stem"], p["blocks"], p["norm"],
+                                                                 self.config.patch_size) for i in range(len(x))])
+        _check_overflow(tokens, x, "the forward pass")
+        return tokens
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
                               intermediates_only=False):
@@ -119,8 +122,10 @@ class MlpMixer:
         take = take_indices(self.config.depth, indices)
         p = self.params
         blocks = p["blocks"][:max(take) + 1] if stop_early else p["blocks"]
-        features, intermediates = layers.forward_intermediates(x, p["stem"], blocks, p["norm"], take, norm,
-                                                               self.config.patch_size)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+            features, intermediates = layers.forward_intermediates(x, p["stem"], blocks, p["norm"], take, norm,
+                                                                   self.config.patch_size)
+        _check_overflow(features, x, "the forward pass")
         if output_fmt == "NCHW":
             G = self.config.img_size // self.config.patch_size
             # tokens are numbered row by row: [B, N, C] -> [B, G, G, C] -> [B, C, G, G]
@@ -128,11 +133,22 @@ class MlpMixer:
         return intermediates if intermediates_only else (features, intermediates)
 
     def forward_head(self, x, pre_logits=False):
-        """Pool the tokens and apply the head. [B, N, C] -> [B, K] (or [B, C] with pre_logits)"""
+        """Pool the tokens and apply the head. [B, N, C] -> [B, K] (or [B, C] with pre_logits)
+
+        Any number of tokens N, as timm (they are averaged); float32 or float64, finite.
+        """
         x = np.asarray(x)
         if x.ndim != 3 or x.shape[-1] != self.config.embed_dim:
             raise MixerError(f"forward_head takes tokens [B, N, C] with C = {self.config.embed_dim} (the output of "
                              f"forward_features), got shape {x.shape}")
+        if x.dtype not in (np.float32, np.float64):
+            raise MixerError(f"forward_head takes float32 tokens (the output of forward_features), got {x.dtype}")
+        if x.shape[1] == 0 and len(x):
+            raise MixerError(f"forward_head got tokens of shape {x.shape}: no tokens to pool")
+        if not np.isfinite(x).all():
+            raise MixerError(f"tokens of shape {x.shape} have {np.count_nonzero(~np.isfinite(x)):,} NaN or infinite "
+                             "values; the logits would be NaN")
+        x = self._cast(x)
         x = layers.global_pool(x)  # [B, N, C] -> [B, C]
         if pre_logits or "head" not in self.params:
             return x
@@ -155,8 +171,12 @@ class MlpMixer:
 
     def astype(self, dtype):
         """A copy of the model with every weight in dtype (float64 for a high-precision reference run)."""
-        if np.dtype(dtype) not in (np.float32, np.float64):  # erf and the fast path exist in these two only
-            raise MixerError(f"astype({np.dtype(dtype)}): a model runs in float32 or float64 only")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise MixerError(f"astype({dtype!r}): not a NumPy dtype; use np.float32 or np.float64") from None
+        if dtype not in (np.float32, np.float64):  # erf and the fast path exist in these two only
+            raise MixerError(f"astype({dtype}): a model runs in float32 or float64 only")
         state = {k: np.asarray(v, dtype) for k, v in self.state_dict().items()}
         return MlpMixer(state, self.pretrained_cfg, self.pretrained_cfg["name"])
 
@@ -204,7 +224,13 @@ def take_indices(num_blocks, indices=None):
     """timm's feature_take_indices: None -> every block, int n -> the last n, list -> those (negative from the end)."""
     if indices is None:
         indices = num_blocks
-    if isinstance(indices, (int, np.integer)):
+    whole = (int, np.integer)
+    if isinstance(indices, bool) or not (isinstance(indices, whole) or (
+            isinstance(indices, (list, tuple, range, np.ndarray)) and all(
+                isinstance(i, whole) and not isinstance(i, bool) for i in indices))):
+        raise MixerError(f"indices={indices!r}: pass None (every block), an int n (the last n) or a list of "
+                         "block indices")
+    if isinstance(indices, whole):
         if not 0 < indices <= num_blocks:
             raise MixerError(f"indices={indices}: the last n blocks needs 1 <= n <= {num_blocks} (the model's depth)")
         return [num_blocks - indices + i for i in range(indices)]
@@ -231,6 +257,8 @@ def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise MixerError(f"load_model takes a timm model name or a path to a .safetensors file, not "
                          f"{type(name_or_path).__name__}")
+    if "\0" in os.fsdecode(name_or_path):
+        raise MixerError(f"{os.fsdecode(name_or_path)!r}: a model name or path cannot contain a NUL character")
     if num_classes is not None:
         _check_num_classes(num_classes)
     path, pretrained_cfg = resolve(name_or_path)
@@ -248,6 +276,14 @@ def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
     return model
+
+
+def _check_overflow(out, x, what):
+    """A MixerError if finite input x gave non-finite values: float32 overflowed (a huge input or weights)."""
+    if not np.isfinite(out).all():
+        raise MixerError(f"{what} overflowed {out.dtype} ({np.count_nonzero(~np.isfinite(out)):,} NaN or infinite "
+                         f"values from an input of magnitude up to {np.abs(x).max():.3g}): the model expects images "
+                         "normalised as model.preprocess makes them, within a few units; check the input and weights")
 
 
 def _check_num_classes(num_classes):

@@ -232,14 +232,49 @@ def _checked_resize(w, h, scale_size, name="image"):
     return new_w, new_h
 
 
+CROP_PCT_RANGE = (0.1, 1.0)  # timm's models use 0.875 to 1; below 0.1 the resize before the crop gets huge
+
+
+def check_preprocessing(cfg, where="preprocess"):
+    """The preprocessing settings (mean, std, interpolation, crop_pct; input_size if given), checked.
+
+    -> the dict with Google's defaults filled in, or a one-line MixerError starting with `where`.
+    """
+    if cfg is not None and not hasattr(cfg, "get"):
+        raise MixerError(f"{where}: the preprocessing settings are a dict (a model's pretrained_cfg) or None, not "
+                         f"{type(cfg).__name__}")
+    cfg = dict(DEFAULT_PREPROCESSING, **(cfg or {}))
+    if not isinstance(cfg["interpolation"], str) or cfg["interpolation"] not in _INTERPOLATION:
+        raise MixerError(f"{where}: interpolation {cfg['interpolation']!r}; expected one of {', '.join(_INTERPOLATION)}")
+    low, high = CROP_PCT_RANGE
+    crop_pct = cfg["crop_pct"]
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not low <= crop_pct <= high:
+        raise MixerError(f"{where}: crop_pct {crop_pct!r}; expected a number from {low} to {high} (timm's is 0.875)")
+    for key in ("mean", "std"):
+        value = cfg[key]
+        if (not isinstance(value, (list, tuple)) or len(value) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                or (key == "std" and min(value) <= 0)):
+            raise MixerError(f"{where}: {key} {value!r}; expected three numbers, one per RGB channel"
+                             + (", above 0" if key == "std" else ""))
+    if "input_size" in cfg:
+        size = cfg["input_size"]
+        if (not isinstance(size, (list, tuple)) or len(size) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise MixerError(f"{where}: input_size {size!r}; expected [channels, height, width]")
+    return cfg
+
+
 def preprocess(img, cfg=None, img_size=224):
     """A path, PIL image or uint8 array -> the [3, S, S] float32 array timm's eval transform gives.
 
     cfg: mean, std, interpolation and crop_pct (a model's pretrained_cfg); Google's defaults if None.
     """
-    cfg = dict(DEFAULT_PREPROCESSING, **(cfg or {}))
+    cfg = check_preprocessing(cfg)
     if "input_size" in cfg:
         img_size = cfg["input_size"][-1]
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise MixerError(f"preprocess: img_size {img_size!r}; expected a whole number of pixels above 0")
     scale_size = math.floor(img_size / cfg["crop_pct"])  # 256 for 224 and 0.875
     name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else "image"
     rgb = load_image(img, lambda w, h: _checked_resize(w, h, scale_size, name))  # a thin file is not decoded

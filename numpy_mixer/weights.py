@@ -121,6 +121,11 @@ def _name(key, limit=80):
     return text if len(text) <= limit else text[:limit] + f"... ({len(key):,} characters)"
 
 
+def _transposed(shape, want):
+    """A hint for a 2-D weight stored (in, out) instead of timm's (out, in)."""
+    return "; is it transposed? timm stores a Linear weight as (out, in)" if len(shape) == 2 and shape[::-1] == want else ""
+
+
 def infer_config(state_dict, source="checkpoint"):
     """Read the architecture off the tensors' shapes; every other key is then checked against it.
 
@@ -150,13 +155,36 @@ def infer_config(state_dict, source="checkpoint"):
         depth += 1
     if depth == 0:
         raise MixerError(f"{source}: no 'blocks.0.*' tensors; is this a timm MLP-Mixer checkpoint?")
+    later = sorted((b for b in block_ids if not (len(b) < 10 and int(b) < depth)), key=lambda b: (len(b), b))
+    if later:  # blocks past a gap: the gap is what is wrong, not the blocks after it
+        raise MixerError(f"{source}: missing tensors 'blocks.{depth}.*', though the checkpoint has "
+                         f"{_name(f'blocks.{later[0]}.*')}; a timm Mixer numbers its blocks 0, 1, 2 ... without a gap")
     tokens_dim, num_patches = matrix("blocks.0.mlp_tokens.fc1.weight")
-    channels_dim = matrix("blocks.0.mlp_channels.fc1.weight")[0]
+    bias = state_dict.get("blocks.0.mlp_tokens.fc1.bias")
+    if bias is not None and tuple(bias.shape) == (num_patches,) != (tokens_dim,):  # its bias says (out,) = (N,)
+        raise MixerError(f"{source}: 'blocks.0.mlp_tokens.fc1.weight' has shape {(tokens_dim, num_patches)} and its "
+                         f"bias {(num_patches,)}; is it transposed? timm stores a Linear weight as (out, in)")
+    channels = matrix("blocks.0.mlp_channels.fc1.weight")
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
-        raise MixerError(f"{source}: 'blocks.0.mlp_tokens.fc1.weight' mixes {num_patches} tokens, "
-                         "which is not a square grid of patches")
-    num_classes = matrix("head.weight")[0] if "head.weight" in state_dict else 0
+        square = math.isqrt(tokens_dim) ** 2 == tokens_dim
+        raise MixerError(f"{source}: 'blocks.0.mlp_tokens.fc1.weight' has shape {(tokens_dim, num_patches)}: it mixes "
+                         f"{num_patches} tokens, which is not a square grid of patches"
+                         + ("; is it transposed? timm stores a Linear weight as (out, in)" if square else ""))
+    if channels[1] != embed_dim:
+        raise MixerError(f"{source}: 'blocks.0.mlp_channels.fc1.weight' has shape {channels}, expected (hidden, "
+                         f"{embed_dim}) for width {embed_dim}" + _transposed(channels, (channels[1], embed_dim)))
+    channels_dim = channels[0]
+    if "head.bias" in state_dict and "head.weight" not in state_dict:
+        raise MixerError(f"{source}: missing tensor 'head.weight' (the checkpoint has 'head.bias' of shape "
+                         f"{tuple(state_dict['head.bias'].shape)})")
+    num_classes = 0
+    if "head.weight" in state_dict:
+        head = matrix("head.weight")
+        if head[1] != embed_dim:
+            raise MixerError(f"{source}: 'head.weight' has shape {head}, expected (classes, {embed_dim}) for width "
+                             f"{embed_dim}" + _transposed(head, (head[1], embed_dim)))
+        num_classes = head[0]
     return MixerConfig(patch_size, grid * patch_size, in_chans, embed_dim, depth, tokens_dim, channels_dim,
                        num_classes)
 
@@ -189,7 +217,7 @@ def check_state_dict(state_dict, config, source="checkpoint"):
         found = tuple(state_dict[key].shape)
         if found != want:
             raise MixerError(f"{source}: tensor {key!r} has shape {found}, expected {want} "
-                             f"for {config.depth} blocks of width {config.embed_dim}")
+                             f"for {config.depth} blocks of width {config.embed_dim}" + _transposed(found, want))
         if state_dict[key].dtype.kind != "f":
             raise MixerError(f"{source}: tensor {key!r} has dtype {state_dict[key].dtype}, expected floating point")
 
@@ -417,8 +445,8 @@ def resolve(name_or_path):
         return hub.resolve_folder(text[len(hub.LOCAL_PREFIX):])
     if os.path.isdir(text):
         return hub.resolve_folder(text, source=text)
-    if os.path.exists(text) or text.lower().endswith((".safetensors",) + _PICKLE_SUFFIXES):
-        return text, None
+    if os.path.lexists(text) or text.lower().endswith((".safetensors",) + _PICKLE_SUFFIXES):
+        return text, None  # a link that leads nowhere (or in a loop) is a file that the reader names as such
     if hub.is_hub_name(text):
         repo_id = text.split(":", 1)[1]
         rest = repo_id.removeprefix("timm/")

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import skimage.data
 import timm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from numpy_mixer import preprocess
@@ -30,6 +32,9 @@ def transforms():
 def photo(name, size=None):
     img = Image.fromarray(getattr(skimage.data, name)())
     return img if size is None else img.resize(size, Image.Resampling.LANCZOS)
+
+
+SMALL = photo("chelsea", (40, 30))
 
 
 # real photos at their own sizes and at awkward ones: odd, tall, wide, smaller than the crop
@@ -91,6 +96,41 @@ def test_bad_inputs_raise_one_clear_error(tmp_path):
         with pytest.raises(MixerError, match=message) as info:
             preprocess(source)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("cfg, img_size, match", [
+    ({"interpolation": "foo"}, 224, "interpolation 'foo'; expected one of bicubic"),
+    ({"crop_pct": 0}, 224, "crop_pct 0; expected a number from 0.1 to 1.0"),
+    ({"crop_pct": 1e-9}, 224, "crop_pct 1e-09"),  # was a nonsense aspect-ratio error about the image
+    ({"crop_pct": 5}, 224, "crop_pct 5"),
+    ({"crop_pct": "0.9"}, 224, "crop_pct '0.9'"),
+    ({"std": (0, 0, 0)}, 224, r"std \(0, 0, 0\); expected three numbers, one per RGB channel, above 0"),
+    ({"std": (0.5, float("nan"), 0.5)}, 224, "std"),
+    ({"mean": (0, 0)}, 224, r"mean \(0, 0\); expected three numbers"),
+    ({"input_size": 224}, 224, "input_size 224; expected"),
+    ("abc", 224, "a dict .* or None, not str"),
+    (None, 0, "img_size 0; expected a whole number of pixels above 0"),
+    (None, 2.5, "img_size 2.5"),
+])
+def test_bad_preprocessing_settings_are_one_line_errors_naming_them(cfg, img_size, match):
+    with pytest.raises(MixerError, match=match) as info:
+        preprocess(photo("chelsea"), cfg, img_size)
+    assert "\n" not in str(info.value) and str(info.value).startswith("preprocess: ")
+
+
+@settings(max_examples=settings().max_examples, deadline=None)
+@given(cfg=st.dictionaries(st.sampled_from(["mean", "std", "interpolation", "crop_pct", "input_size"]), st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.sampled_from(["bicubic", "bilinear", "nearest"]),
+    st.lists(st.one_of(st.integers(-2, 300), st.floats(-2, 2), st.text(max_size=2)), max_size=4))))
+def test_any_preprocessing_settings_give_a_finite_image_or_one_line_error(cfg):
+    """Whatever the settings dict holds: a finite [3, S, S] float32 array, or a one-line MixerError."""
+    try:
+        x = preprocess(SMALL, cfg)
+    except MixerError as e:
+        assert "\n" not in str(e)
+        return
+    assert x.dtype == np.float32 and x.ndim == 3 and x.shape[0] == 3 and np.isfinite(x).all()
 
 
 # ---- hostile images (issue 11) ----

@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
+import numpy_mixer
+
 from numpy_mixer import load_model
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.errors import MixerError
@@ -64,6 +66,33 @@ def test_missing_extra_and_misshapen_tensors_are_named(tmp_path):
     assert "'norm.weight' has dtype I32" in load_error(tmp_path, state)
     state = {k: v for k, v in small_state().items() if not k.startswith("stem")}
     assert "missing tensor 'stem.proj.weight'" in load_error(tmp_path, state)
+
+
+def test_errors_name_the_real_fault_not_what_follows_from_it(tmp_path):
+    """A transposed weight says so; a missing head.weight or block is missing, not its neighbours unexpected."""
+    state = small_state()
+    state["head.weight"] = np.ascontiguousarray(state["head.weight"].T)  # (512, 1000)
+    message = load_error(tmp_path, state)
+    assert "'head.weight' has shape (512, 1000), expected (classes, 512)" in message and "transposed" in message
+    for key in ("blocks.1.mlp_channels.fc2.weight", "blocks.0.mlp_channels.fc1.weight"):
+        state = small_state()
+        state[key] = np.ascontiguousarray(state[key].T)
+        message = load_error(tmp_path, state)
+        assert key in message and "transposed" in message, message
+    state = small_state()
+    state["blocks.0.mlp_tokens.fc1.weight"] = np.ascontiguousarray(state["blocks.0.mlp_tokens.fc1.weight"].T)
+    assert "transposed" in load_error(tmp_path, state)  # (49, 256): 256 tokens would be square, 49 hidden is
+    state = small_state()
+    state["blocks.0.mlp_channels.fc2.weight"] = np.zeros((512, 100), np.float32)
+    assert "transposed" not in load_error(tmp_path, state)  # only where the swap fits
+    state = small_state()
+    del state["head.weight"]
+    assert "missing tensor 'head.weight' (the checkpoint has 'head.bias' of shape (1000,))" in load_error(tmp_path, state)
+    state = random_state_dict(config_for("mixer_s32_224", depth=4), seed=3)
+    for key in [k for k in state if k.startswith("blocks.1.")]:
+        del state[key]
+    message = load_error(tmp_path, state)
+    assert "missing tensors 'blocks.1.*', though the checkpoint has 'blocks.2.*'" in message and "unexpected" not in message
 
 
 def test_half_precision_checkpoints_load_as_float32(tmp_path):
@@ -452,13 +481,31 @@ def test_model_argument_checks(tmp_path, make_checkpoint):
               r"with C = 16 .*got shape \(2, 16\)"),
              (lambda: model(np.full((1, 3, 32, 32), np.nan, np.float32)), "has 3,072 NaN or infinite values"),
              (lambda: model(np.where(np.eye(32) > 0, np.inf, 0).astype(np.float32)[None, None].repeat(3, 1)),
-              "has 96 NaN or infinite values")]
+              "has 96 NaN or infinite values"),
+             (lambda: model.astype("foo"), r"astype\('foo'\): not a NumPy dtype"),
+             (lambda: load_model("a\0b.safetensors"), "cannot contain a NUL character"),
+             (lambda: model.forward_head(np.zeros((2, 4, 16), np.int64)), "forward_head takes float32 tokens"),
+             (lambda: model.forward_head(np.full((2, 4, 16), np.nan, np.float32)), "have 128 NaN or infinite"),
+             (lambda: model.forward_head(np.zeros((2, 0, 16), np.float32)), "no tokens to pool"),
+             (lambda: model.forward_intermediates(x, indices="a"), "indices='a': pass None"),
+             (lambda: model.forward_intermediates(x, indices=[0.5]), r"indices=\[0.5\]: pass None"),
+             (lambda: model.forward_intermediates(x, indices=True), "indices=True: pass None"),
+             (lambda: numpy_mixer.load_labels("nope"), "unknown label set 'nope'"),
+             (lambda: numpy_mixer.load_labels(["x"]), r"unknown label set \['x'\]")]
+    for fast in (True, False):  # finite input that overflows float32 on the way: one line, never NaN logits
+        cases.append((lambda fast=fast: model(np.full((1, 3, 32, 32), 1e38, np.float32), fast=fast),
+                      r"the forward pass overflowed float32 \([0-9,]+ NaN or infinite values from an input of "
+                      r"magnitude up to 1e\+38\)"))
+    cases.append((lambda: model.forward_intermediates(np.full((1, 3, 32, 32), 1e38, np.float32)), "overflowed"))
     for call, match in cases:
         with pytest.raises(MixerError, match=match) as info:
             call()
         assert "\n" not in str(info.value)
     assert load_model(path, num_classes=np.int64(3)).num_classes == 3
     assert model.astype(np.float64).dtype == np.float64
+    tokens = model.forward_features(np.ones((2, 3, 32, 32), np.float32))
+    assert np.array_equal(model.forward_head(tokens[:, :3]), model.forward_head(tokens[:, :3].astype(np.float64)))
+    assert model.forward_intermediates(x, indices=np.array([0, -1]), intermediates_only=True)[0].shape[0] == 2
 
 
 def test_a_checkpoint_changed_in_place_is_caught_before_it_is_read(tmp_path):
