@@ -179,14 +179,14 @@ def train(model, x, y, x_val=None, y_val=None, epochs=40, batch_size=64, lr=2e-3
                progress=progress, desc="train")
 
 
-def _check_labels(y, num_classes, count):
-    """Integer class indices in [0, num_classes), one per image."""
+def _check_labels(y, num_classes, count, fix="give the model a head of that many classes (reset_classifier)"):
+    """Integer class indices in [0, num_classes), one per image; fix: what to do when they run past it."""
     y = np.asarray(y)
     if y.shape != (count,) or y.dtype.kind not in "iu":
         raise MixerError(f"labels have shape {y.shape} and dtype {y.dtype}; expected {count} integer class indices")
     if count and (y.min() < 0 or y.max() >= num_classes):
         raise MixerError(f"labels run from {y.min()} to {y.max()}, but the head has {num_classes} classes "
-                         f"(0 to {num_classes - 1}); pass num_classes=")
+                         f"(0 to {num_classes - 1}); {fix}")
     return y
 
 
@@ -221,9 +221,10 @@ def fit_head(features, labels, num_classes, features_val=None, labels_val=None, 
     C = features.shape[1]
     head_params = {"weight": np.zeros((num_classes, C), features.dtype),
                    "bias": np.zeros((num_classes,), features.dtype)}
-    labels = _check_labels(labels, num_classes, len(features))
+    fix = "pass num_classes as the number of classes (one more than the largest label)"
+    labels = _check_labels(labels, num_classes, len(features), fix)
     if features_val is not None:
-        labels_val = _check_labels(labels_val, num_classes, len(features_val))
+        labels_val = _check_labels(labels_val, num_classes, len(features_val), fix)
     history = fit(head_params, loss_and_grads=head_loss_and_grads,
                   predict=lambda p, f: backward.head_forward(f, **p)[0],
                   x=features, y=labels, x_val=features_val, y_val=labels_val, epochs=epochs,

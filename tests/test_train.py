@@ -286,5 +286,9 @@ def test_bad_labels_and_images_get_one_clear_error(rng):
         train(model, x, np.array([0.0, 1.0, 2.0, 3.0]), epochs=1, progress=False)
     with pytest.raises(MixerError, match="expected"):
         train(model, x[:, :, :8, :8], np.arange(4), epochs=1, progress=False)
+    with pytest.raises(MixerError, match="head has 10 classes .*; give the model a head of that many classes"):
+        train(model, x, np.array([0, 1, 2, 10]), epochs=1, progress=False)
     with pytest.raises(MixerError, match="one name per class"):
         linear_probe(model, x, np.arange(4), num_classes=4, labels=["a", "b"], progress=False)
+    with pytest.raises(MixerError, match=r"head has 2 classes \(0 to 1\); pass num_classes as the number of classes"):
+        linear_probe(model, x, np.array([0, 1, 5, 1]), num_classes=2, progress=False)
