@@ -48,9 +48,13 @@ def embed_partition(model, paths, start, batch_size, known=None):
 
     known: {path: reason} of inputs already found unusable (missing, a folder without images), reported
     as failed in their place without being read, as the single-process run does.
-    -> (indices [b'] int64, embeddings [b', C] float32, [(index, reason)] of images that could not be read)
+    -> (indices [b'] int64, embeddings [b', C] float32, [(index, reason)] of images that could not be read),
+    or (None, None, reason) when the model cannot be loaded.
     """
-    mixer = worker_model(model)
+    try:
+        mixer = worker_model(model)
+    except MixerError as e:  # handed back, not raised: Dask would first log the worker's traceback
+        return None, None, str(e)
     errors = {path: MixerError(reason) for path, reason in (known or {}).items()}
     indices, features, failed = [], [], []
     for lo, hi in batches(len(paths), batch_size):
@@ -107,6 +111,9 @@ def embed(paths, client, model=None, batch_size=DEFAULT_BATCH_SIZE, out=None, pr
         for future in as_completed(futures):  # a failed task raises here, with the worker's traceback
             bar.update(size[future.key])
     parts = client.gather(futures)  # in input order
+    unloaded = next((p[2] for p in parts if p[0] is None), None)
+    if unloaded is not None:
+        raise MixerError(unloaded)
     indices = np.concatenate([p[0] for p in parts])
     embeddings = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)
     failed = [f for p in parts for f in p[2]]

@@ -319,6 +319,27 @@ def _recv(conn):
     return json.loads(conn.recv_bytes().decode())
 
 
+def _pipe():
+    """os.pipe(), both ends numbered 3 or more.
+
+    With stdin or stdout closed (`<&-`, `>&-`, os.close(0)), os.pipe() can return 0, 1 or 2: Popen's
+    stdin/stdout/stderr=DEVNULL would then overwrite the worker's end of the pipe in the child, and
+    anything here that writes to stdout would write into the pipe.
+    """
+    return tuple(_above_stdio(fd) for fd in os.pipe())
+
+
+def _above_stdio(fd):
+    """fd itself if it is 3 or more, else a close-on-exec copy numbered 3 or more (fd is closed)."""
+    if fd > 2:
+        return fd
+    import fcntl  # POSIX only, as the worker processes (pass_fds) are
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 class Pool:
     """W-1 worker processes and the shared control block; run() does one forward pass on all W."""
 
@@ -333,8 +354,8 @@ class Pool:
         env = helper_env()
         try:
             for rank in range(1, W):
-                down_r, down_w = os.pipe()  # this process -> worker
-                up_r, up_w = os.pipe()  # worker -> this process
+                down_r, down_w = _pipe()  # this process -> worker
+                up_r, up_w = _pipe()  # worker -> this process
                 code = f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_r}, {up_w})"
                 proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w), env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -100,3 +100,6 @@ def test_model_must_be_a_name_or_path(client, tmp_path):
     paths = write_crops(tmp_path / "imgs", 2)
     with pytest.raises(MixerError, match="name or a .safetensors path"):
         distributed.embed(paths, client, model=numpy_mixer.load_model("digits"))
+    with pytest.raises(MixerError, match="unknown model 'no-such-model'") as info:  # loaded on the workers
+        distributed.embed(paths, client, model="no-such-model")
+    assert "\n" not in str(info.value)

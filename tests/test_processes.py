@@ -210,3 +210,31 @@ def test_a_full_shared_memory_folder_is_passed_over(monkeypatch, tmp_path):
     message = str(e.value)
     assert "\n" not in message and "No space left" in message and "NUMPY_MIXER_WORKERS=threads" in message
     assert "missing: No such file or directory" in message
+
+
+@pytest.mark.parametrize("closed", [0, 1, 2], ids=["stdin", "stdout", "stderr"])
+def test_workers_start_with_stdin_stdout_or_stderr_closed(closed):
+    """With fd 0, 1 or 2 closed (`<&-`, `>&-`, `2>&-`), os.pipe() hands it out; a worker's end of its pipe
+    there was overwritten by its own stdin/stdout/stderr (/dev/null), and the worker died."""
+    script = textwrap.dedent(f"""
+        import os
+        os.close({closed})
+        import sys
+        import numpy as np
+        from numpy_mixer import fast, processes
+        from numpy_mixer.model import load_model
+        model = load_model("digits")
+        S, P = model.config.img_size, model.config.patch_size
+        x = np.random.default_rng(0).random((1, 3, S, S), dtype=np.float32)
+        two = fast.forward_features(x, model.params, P, workers=2)
+        assert len(processes._pool.procs) == 1, "no worker process"
+        logits = model(x)  # the model's own call, on the OPENBLAS_NUM_THREADS=2 workers
+        assert np.array_equal(two, fast.forward_features(x, model.params, P, workers=1)), "two workers differ"
+        assert np.array_equal(logits, model.forward_head(two)), "the model's call differs"
+        assert two.std() > 0.1, "a constant"
+        os.write(1 if {closed} == 2 else 2, b"same")
+    """)
+    env = dict(os.environ, NUMPY_MIXER_WORKERS="processes", OPENBLAS_NUM_THREADS="2",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fast.__file__))))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout + out.stderr == "same", out.stdout + out.stderr
