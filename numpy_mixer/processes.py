@@ -357,11 +357,17 @@ class Pool:
                 down_r, down_w = _pipe()  # this process -> worker
                 up_r, up_w = _pipe()  # worker -> this process
                 code = f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_r}, {up_w})"
-                proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w), env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, close_fds=True)
-                os.close(down_r)
-                os.close(up_w)
+                try:
+                    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w), env=env,
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, close_fds=True)
+                except BaseException:  # no worker: this side's ends are not kept either
+                    os.close(down_w)
+                    os.close(up_r)
+                    raise
+                finally:  # the worker's ends: it has its own copies now (or there is no worker)
+                    os.close(down_r)
+                    os.close(up_w)
                 self.procs.append(proc)
                 self.conns.append((Connection(up_r, writable=False), Connection(down_w, readable=False)))
             for rank, (up, _) in enumerate(self.conns, 1):

@@ -238,3 +238,16 @@ def test_workers_start_with_stdin_stdout_or_stderr_closed(closed):
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fast.__file__))))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout + out.stderr == "same", out.stdout + out.stderr
+
+
+def test_a_worker_that_cannot_start_leaves_no_descriptor_open(monkeypatch):
+    """Popen failing (no memory, no such interpreter) is a clean error: the four pipe ends are closed."""
+    def fails(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    processes.discard()
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(processes.subprocess, "Popen", fails)
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        processes.Pool(3)
+    assert set(os.listdir("/proc/self/fd")) == before
