@@ -1,12 +1,14 @@
 """The numpy-mixer command.
 
     numpy-mixer predict IMAGE|FOLDER|URL [...] [--model NAME | --weights FILE] [--top-k K] [--json] [--batch-size B]
-    numpy-mixer random-checkpoint ARCH OUT.safetensors [--num-classes N] [--seed S]
+    numpy-mixer random-checkpoint ARCH OUT.safetensors [--num-classes N] [--seed S] [--force]
+    numpy-mixer embed IMAGE|FOLDER|URL [...] --out FILE.npz [--model NAME | --weights FILE] [--resume]
     numpy-mixer --version
 
 One boundary for errors: main() turns every expected failure (a MixerError, an OSError, Pillow's
 errors, a failed write to stdout) into one line on stderr, `numpy-mixer: error: <file>: <what> - <what
-to do>`, and exit status 1 (2 for a bad command line, from argparse). An unexpected exception keeps its
+to do>`, and exit status 1; a bad command line is one such line too (_Parser), with exit status 2, as
+argparse gives. An unexpected exception keeps its
 traceback: hiding a bug is worse than showing it. A run over many images classifies every image it can
 read, reports each one it cannot on its own line, and exits 1 at the end if any failed.
 """
@@ -19,6 +21,7 @@ import sys
 from . import __version__
 from .errors import MixerError
 from . import files
+from .checkpoint import MAX_NUM_CLASSES
 from .weights import ARCHITECTURES, DEFAULT_MODEL
 
 PROG = "numpy-mixer"
@@ -27,9 +30,40 @@ RANDOM_WARNING = ("RANDOM WEIGHTS: predictions from this checkpoint mean nothing
                   "offline (made by numpy-mixer random-checkpoint)")
 
 
+# --model and --weights, as load_model takes them (numpy_mixer.weights.resolve); embed's help says the same
+MODEL_HELP = (f"a timm name (default {DEFAULT_MODEL}; from the Hugging Face hub or its cache), "
+              "hf-hub:owner/repo[@revision], local-dir:FOLDER or a FOLDER with timm's config.json and "
+              "model.safetensors, a .safetensors file, or 'digits' (the small model shipped in the package, "
+              "no download)")
+WEIGHTS_HELP = "a local .safetensors checkpoint with timm's keys"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _split_lines(self, text, width):  # as argparse's, but "hf-hub:" stays whole on its line
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # an argument with a newline in it must not split the error line
-        super().error(one_line(message))
+    """argparse, but a bad command line is one line, as every other error, not a usage block then the error:
+    `numpy-mixer: error: <what> - see numpy-mixer predict --help`, exit status 2 (subcommands inherit it)."""
+
+    commands = {}  # on the top parser: command name -> its parser (build_parser)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # the subcommands' parsers too
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        say("error", f"{message} - see {self.prog} --help")  # say: control characters escaped, one line
+        self.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:  # the command's --help lists the arguments it takes, not the top one's
+            self.commands.get(getattr(args, "command", None), self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
 
 
 def build_parser():
@@ -41,10 +75,8 @@ def build_parser():
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders (every image inside, sorted) or http(s) URLs")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", default=None,
-                        help=f"timm model name, fetched from the Hugging Face hub or its cache (default {DEFAULT_MODEL}), "
-                             "or 'digits', the small model shipped in the package (no download)")
-    source.add_argument("--weights", metavar="FILE", help="a local .safetensors checkpoint with timm's keys")
+    source.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP)
+    source.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
     p.add_argument("--json", action="store_true",
                    help="JSON Lines: one object per image, printed as soon as it is classified")
@@ -58,14 +90,16 @@ def build_parser():
                        description="Write a seeded random-weight checkpoint of a Mixer architecture, with timm's "
                                    "keys, to try the tools offline. Its predictions mean nothing.")
     r.add_argument("arch", choices=list(ARCHITECTURES), metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)}")
-    r.add_argument("output", metavar="OUT", help="the .safetensors file to write")
+    r.add_argument("output", metavar="OUT", help="the file to write; its name must end in .safetensors")
     r.add_argument("--num-classes", type=int, default=1000, metavar="N",
-                   help="classes of the head (default 1000, ImageNet-1k labels; 0: no head)")
+                   help=f"classes of the head, 0 to {MAX_NUM_CLASSES:,} (default 1000, ImageNet-1k labels; "
+                        "21843 for ImageNet-21k; 0: no head)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     r.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
     from .embed import add_cli_parser as add_embed_parser  # numpy-mixer embed: see numpy_mixer/embed.py
     add_embed_parser(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -205,10 +239,17 @@ def run_random_checkpoint(args):
     from .demo import _RANDOM_MARK
 
     out = args.output
-    if args.num_classes < 0:
-        raise MixerError(f"--num-classes must be 0 (no head) or more, got {args.num_classes}")
+    if not 0 <= args.num_classes <= MAX_NUM_CLASSES:  # checked before the head [N, C] is allocated
+        raise MixerError(f"--num-classes must be 0 (no head) to {MAX_NUM_CLASSES:,}, got {args.num_classes} "
+                         "(ImageNet-1k has 1000 classes, ImageNet-21k 21843)")
     if args.seed < 0:
         raise MixerError(f"--seed must be 0 or more, got {args.seed}")
+    if os.path.isdir(out):  # --force cannot replace a folder: say so, not the temporary file's name
+        raise MixerError(f"{out}: is a folder - give a file name ending in .safetensors, e.g. "
+                         f"{os.path.join(out, args.arch + '.safetensors')}")
+    if not out.lower().endswith(".safetensors"):  # the only format --weights reads (a .pth is refused unopened)
+        raise MixerError(f"{out}: the output must end in .safetensors, the format --weights reads - "
+                         f"e.g. {os.path.splitext(out.rstrip(os.sep))[0] or args.arch}.safetensors")
     if os.path.lexists(out) and not args.force:
         raise MixerError(f"{out}: already exists - choose another name, or pass --force to replace it")
     folder = os.path.dirname(os.path.abspath(out))
@@ -218,8 +259,12 @@ def run_random_checkpoint(args):
     state = random_state_dict(config, seed=args.seed)
     metadata = {"format": "pt", "source": _RANDOM_MARK, "warning": RANDOM_WARNING, "arch": args.arch,
                 "num_classes": str(args.num_classes), "seed": str(args.seed)}
-    with files.written_whole(out) as tmp:  # never half a checkpoint under the name
-        save_checkpoint(state, tmp, metadata=metadata)
+    try:
+        with files.written_whole(out) as tmp:  # never half a checkpoint under the name
+            save_checkpoint(state, tmp, metadata=metadata)
+    except OSError as e:  # name the output, not the temporary file beside it
+        raise MixerError(f"{out}: cannot write it ({e.strerror or e}) - check the path, its permissions and "
+                         "the free disk space") from None
     params = sum(v.size for v in state.values())
     say("note", f"wrote {out}: {args.arch}, {args.num_classes} classes, {params:,} parameters, seed {args.seed}. "
                 f"{RANDOM_WARNING}.")
@@ -249,8 +294,24 @@ def _silence_stdout():
         pass
 
 
+def _closed_streams():
+    """Standard streams the caller closed (`>&-`, `2>&-`: Python sets them to None) become /dev/null, so
+    that nothing fails on writing to them; -> the names of those that were closed."""
+    closed = []
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            closed.append(name)
+    return closed
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)  # a bad command line: usage and exit 2
+    closed = _closed_streams()
+    args = build_parser().parse_args(argv)  # a bad command line: one line and exit 2 (_Parser)
+    if args.command == "predict" and "stdout" in closed:
+        say("error", "standard output is closed (>&-): there is nowhere to print the predictions - "
+                     "redirect it to a file, or use embed --out for embeddings")
+        return 1
     from PIL import Image
 
     try:

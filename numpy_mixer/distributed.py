@@ -20,6 +20,7 @@ core (the fast path runs one thread): start one single-threaded worker per core 
 --nworkers auto --nthreads 1`). The model holds when the W workers have cores of their own.
 """
 import math
+import numbers
 import os
 import threading
 
@@ -92,8 +93,9 @@ def embed(paths, client, model=None, batch_size=DEFAULT_BATCH_SIZE, out=None, pr
         raise MixerError("numpy_mixer.distributed.embed takes the model as a name or a .safetensors path, which "
                          "each worker loads once (an MlpMixer object would be copied into every task)")
     model = os.fspath(model)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)  # a NumPy integer too, as embed and predict take it
     problems = {}  # unusable inputs stay in their place and are reported, as in the single-process run
     files = collect_images(paths, problems)
     workers = len(client.scheduler_info().get("workers", {})) or 1

@@ -12,21 +12,25 @@ but recursive); http(s) URLs are fetched as predict fetches them. An input that 
 reported, listed in failed, and skipped. The run streams: batch_size images at a time,
 each batch's embeddings written to FILE.npz.partial/ as one chunk (to a temporary name, then renamed,
 so a chunk on disk is always whole). An interrupted run continues with resume=True (--resume) from the
-chunks on disk, recomputing none of them. At the end the chunks are copied one by one into FILE.npz
+chunks on disk, recomputing none of them (each one's header and indices checked first, read_chunk: a damaged
+chunk is a one-line error that names it). At the end the chunks are copied one by one into FILE.npz
 (written under a temporary name, then renamed) and the .partial folder is removed: memory holds one
 batch, never the collection.
 """
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import MixerError
+from .errors import MixerError, first_line
 from .files import check_regular, image_files, written_whole
 
 DEFAULT_BATCH_SIZE = 16
@@ -42,9 +46,16 @@ def collect_images(inputs, errors=None):
     An input that cannot be used (missing, not a file, a folder without images) is kept in the list, in its
     place, with its MixerError in errors ({path: error}, when given), so the run reports it and goes on;
     without errors, the first one raises. If no input is usable, the first error raises either way.
+    Anything but a path (str or os.PathLike) or a list of them (an image array ...) is a MixerError saying so.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    elif isinstance(inputs, (bytes, np.ndarray)) or not isinstance(inputs, Iterable):
+        raise MixerError(f"embed takes a path, URL or folder, or a list of them; got {_what(inputs)}")
+    inputs = list(inputs)
+    for i, item in enumerate(inputs):
+        if not isinstance(item, (str, os.PathLike)):
+            raise MixerError(f"embed takes a path, URL or folder, or a list of them; item {i} is {_what(item)}")
     items = image_files(inputs, recursive=True)
     if not items:
         raise MixerError("no images to embed")
@@ -54,6 +65,23 @@ def collect_images(inputs, errors=None):
     if errors is not None:
         errors.update(problems)
     return [path for path, _ in items]
+
+
+def _what(value):
+    """A value that is no path, as an error names it; for an image in memory, how to embed it instead."""
+    kind = type(value)
+    if value is None:
+        return "None"
+    if isinstance(value, bytes):
+        return "bytes - pass the path as a str (os.fsdecode)"
+    if kind.__module__ == "builtins":
+        return ("an " if kind.__name__[0] in "aeiou" else "a ") + kind.__name__
+    what = f"a NumPy array of shape {value.shape}" if isinstance(value, np.ndarray) else \
+        f"a {kind.__module__}.{kind.__qualname__}"
+    if isinstance(value, np.ndarray) or kind.__module__.startswith("PIL."):
+        what += (" - save the image to a file, or embed it in memory: "
+                 "model.forward_head(model.forward_features(model.preprocess(image)[None]), pre_logits=True)")
+    return what
 
 
 # --- one batch -----------------------------------------------------------------------------------------------
@@ -143,8 +171,9 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
         raise MixerError(f"{out}: no such folder for the output file")
     if os.path.isdir(out):
         raise MixerError(f"{out}: is a directory; the output must be a file name ending in .npz")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)  # a NumPy integer too, as predict takes it; run.json needs a Python int
     errors = {}
     paths = collect_images(images, errors)
     model = _load(model)
@@ -165,12 +194,21 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
             raise MixerError(f"{partial}: the interrupted run had other {', '.join(differs) or 'settings'} (same "
                              "files, model and --batch-size are needed to resume); delete the folder to start again")
     else:
-        os.makedirs(partial)
+        try:
+            os.makedirs(partial)
+        except OSError as e:  # a file of that name, or a folder we cannot write in
+            raise MixerError(f"{partial}: cannot make the folder for the run's batches ({e.strerror or e}) - "
+                             "move that file away, or write the output elsewhere") from None
         with open(run_file, "w", encoding="utf-8") as f:
             json.dump(run, f)
 
-    todo = [(k, span) for k, span in enumerate(batches(len(paths), batch_size))
-            if not os.path.isfile(os.path.join(partial, _chunk_name(k)))]
+    todo = []
+    for k, span in enumerate(batches(len(paths), batch_size)):
+        chunk = os.path.join(partial, _chunk_name(k))
+        if os.path.isfile(chunk):  # from the interrupted run: checked now, before hours of work, not at the end
+            read_chunk(chunk, model.num_features, len(paths), span, keys=("index", "failed"))
+        else:
+            todo.append((k, span))
     done_images = len(paths) - sum(stop - start for _, (start, stop) in todo)
     from tqdm.auto import tqdm
 
@@ -198,10 +236,10 @@ def write_npz(out, paths, chunks, num_features):
     """
     ok_index, failed_index, reasons = [], [], []
     for chunk in chunks:  # first pass: the indices only (small), to size the embeddings array
-        with np.load(chunk) as c:
-            ok_index.append(c["index"])
-            failed_index.append(c["failed"])
-            reasons.extend(c["reasons"].tolist())
+        c = read_chunk(chunk, num_features, len(paths), keys=("index", "failed", "reasons"))
+        ok_index.append(c["index"])
+        failed_index.append(c["failed"])
+        reasons.extend(c["reasons"].tolist())
     ok_index, failed_index = np.concatenate(ok_index), np.concatenate(failed_index)
     with written_whole(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
         with z.open("embeddings.npy", "w", force_zip64=True) as f:  # [n, C], chunk after chunk
@@ -209,8 +247,8 @@ def write_npz(out, paths, chunks, num_features):
                       "shape": (len(ok_index), num_features)}
             np.lib.format.write_array_header_2_0(f, header)
             for chunk in chunks:
-                with np.load(chunk) as c:
-                    f.write(np.ascontiguousarray(c["embeddings"], "<f4").tobytes())
+                c = read_chunk(chunk, num_features, len(paths), keys=("embeddings",))
+                f.write(np.ascontiguousarray(c["embeddings"], "<f4").tobytes())
         for name, array in (("paths", np.asarray([paths[i] for i in ok_index], dtype=str)),
                             ("failed", np.asarray([paths[i] for i in failed_index], dtype=str)),
                             ("failed_reasons", np.asarray(reasons, dtype=str))):
@@ -219,18 +257,85 @@ def write_npz(out, paths, chunks, num_features):
     return len(ok_index), len(failed_index)
 
 
+# what a chunk holds (_save_atomic in embed_to_file): name -> dtype kinds and itemsize allowed, any byte order
+# (never object: no pickle)
+_CHUNK_ARRAYS = {"index": ("iu", None), "embeddings": ("f", 4), "failed": ("iu", None), "reasons": ("U", None)}
+
+
+def read_chunk(chunk, num_features, count, span=None, keys=tuple(_CHUNK_ARRAYS)):
+    """The arrays named in keys of one chunk file, after checking every array's header. -> {name: array}
+
+    A chunk is written whole (_save_atomic), so one that fails here was damaged after (a disk fault, another
+    program): a MixerError that names it, never a traceback. Nothing is allocated from the file's numbers
+    before they are checked: members must be stored uncompressed, within the file's size on disk, and
+    shaped as a chunk is (embeddings [b, num_features], b + len(failed) rows, indices below count; with
+    span=(start, stop), exactly the positions start..stop-1, once each).
+    """
+    def damaged(what):
+        return MixerError(f"{chunk}: damaged chunk of an interrupted embed run ({what}) - delete this file and "
+                          f"run again with --resume to recompute its batch, or delete {os.path.dirname(chunk)} "
+                          "to start over")
+
+    arrays = {}
+    try:
+        with open(chunk, "rb") as file, zipfile.ZipFile(file) as z:
+            size = os.fstat(file.fileno()).st_size
+            members = {info.filename: info for info in z.infolist()}
+            if sorted(members) != sorted(f"{name}.npy" for name in _CHUNK_ARRAYS):
+                raise damaged(f"holds {', '.join(sorted(members)) or 'nothing'}, expected "
+                              f"{', '.join(f'{name}.npy' for name in _CHUNK_ARRAYS)}")
+            headers = {}
+            for name, (kinds, itemsize) in _CHUNK_ARRAYS.items():
+                info = members[f"{name}.npy"]
+                if info.compress_type != zipfile.ZIP_STORED or not info.compress_size == info.file_size <= size:
+                    raise damaged(f"{name}.npy is compressed or larger than the file")  # a zip bomb's shape
+                if info.flag_bits & 0x1:  # zipfile would ask for a password (a RuntimeError)
+                    raise damaged(f"{name}.npy is encrypted")
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        raise damaged(f"{name}.npy has .npy format version {version}")
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, fortran_order, dtype = read_header(f)
+                    nbytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+                    if dtype.kind not in kinds or itemsize not in (None, dtype.itemsize) or fortran_order \
+                            or len(shape) != (2 if name == "embeddings" else 1) or f.tell() + nbytes != info.file_size:
+                        raise damaged(f"{name}.npy holds {dtype} {shape}, {info.file_size - f.tell()} bytes of data")
+                    headers[name] = shape
+                    if name in keys:  # at most the file's size, checked above
+                        arrays[name] = np.frombuffer(f.read(nbytes), dtype).reshape(shape)
+                        f.read()  # to the end of the member: zipfile checks its CRC-32 there
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise damaged(f"{type(e).__name__}: {first_line(e)}") from None
+    rows = headers["index"][0]
+    if headers["embeddings"] != (rows, num_features) or headers["reasons"] != headers["failed"]:
+        raise damaged(f"embeddings {headers['embeddings']} for {rows} indices and {num_features} features, "
+                      f"reasons {headers['reasons']} for failed {headers['failed']}")
+    if span is not None and rows + headers["failed"][0] != span[1] - span[0]:
+        raise damaged(f"{rows} + {headers['failed'][0]} images, expected {span[1] - span[0]}")
+    indices = [arrays[name] for name in ("index", "failed") if name in arrays]
+    if any(np.any((i < 0) | (i >= count)) for i in indices):
+        raise damaged(f"an index outside 0..{count - 1}")
+    if span is not None and len(indices) == 2 and \
+            not np.array_equal(np.sort(np.concatenate(indices)), np.arange(*span)):
+        raise damaged(f"indices other than {span[0]}..{span[1] - 1}, once each")
+    return arrays
+
+
 # --- the command line (numpy_mixer.cli adds this subcommand) -------------------------------------------------
 
 
 def add_cli_parser(sub):
     """The `embed` subcommand, on cli.py's subparsers."""
+    from .cli import MODEL_HELP, WEIGHTS_HELP  # predict's words: the same names are accepted
+
     p = sub.add_parser("embed", help="embeddings (pre-logits, float32 [n, C]) of images into a .npz file")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders (walked recursively, sorted) or http(s) URLs")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", default=None, help="as for predict: a timm name, hf-hub:owner/repo, "
-                                                      "local-dir:FOLDER, or digits")
-    source.add_argument("--weights", metavar="FILE", help="a local .safetensors checkpoint with timm's keys")
+    source.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP)
+    source.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="FILE.npz",
                    help="output: embeddings [n, C] float32, paths [n], failed [m], failed_reasons [m]")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="B",

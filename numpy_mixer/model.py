@@ -287,5 +287,9 @@ def _check_overflow(out, x, what):
 
 
 def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
-        raise MixerError(f"num_classes must be a whole number >= 0 (0 drops the head), not {num_classes!r}")
+    from .checkpoint import MAX_NUM_CLASSES  # the head [num_classes, C] is allocated: bound it first
+
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+            or not 0 <= num_classes <= MAX_NUM_CLASSES):
+        raise MixerError(f"num_classes must be a whole number from 0 (no head) to {MAX_NUM_CLASSES:,}, "
+                         f"not {num_classes!r}")

@@ -1,16 +1,20 @@
 """The numpy-mixer command through a subprocess: real photos, JSON, and every bad input."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import skimage.data
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from numpy_mixer import MixerError, load_labels, load_model, predict
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
+from numpy_mixer.weights import ARCHITECTURES
 
 
 def run(*args, env=None):
@@ -455,3 +459,175 @@ def test_predict_of_no_images_loads_no_model(monkeypatch):
     assert predict([]) == []
     with pytest.raises(MixerError, match="top_k"):
         predict([], top_k=-1)
+
+
+# --- a bad command line is one line too; random-checkpoint's bounds; --model's help ----------------------
+
+def call_main(argv):
+    """(exit status, stdout, stderr) of cli.main(argv) in this process, SystemExit included."""
+    import contextlib
+    import io
+
+    from numpy_mixer import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main([str(a) for a in argv])
+        except SystemExit as e:
+            status = e.code
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_argparse_errors_are_one_line_as_the_readme_says(photos):
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert "Errors are one line, `numpy-mixer: error: " in readme and "2: the command line was wrong" in readme
+    for args, line in [
+        (("predict", photos[0], "--top-k", "abc"),
+         "numpy-mixer: error: argument --top-k: invalid int value: 'abc' - see numpy-mixer predict --help"),
+        (("predict",),
+         "numpy-mixer: error: the following arguments are required: IMAGE - see numpy-mixer predict --help"),
+        (("embed", photos[0], "--model", "digits"),
+         "numpy-mixer: error: the following arguments are required: --out - see numpy-mixer embed --help"),
+        (("random-checkpoint", "mixer_s32_224", "x.safetensors", "--frobnicate"),
+         "numpy-mixer: error: unrecognized arguments: --frobnicate - see numpy-mixer random-checkpoint --help"),
+        ((), "numpy-mixer: error: the following arguments are required: command - see numpy-mixer --help"),
+    ]:
+        result = run(*args)
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n"), result.stderr
+
+
+# what each command needs to get past argparse, and the options that take an int or a choice
+COMMANDS = {"predict": (["cat.jpg"], ["--top-k", "--batch-size"], ["--progress"]),
+            "embed": (["cat.jpg", "--out", "e.npz"], ["--batch-size"], ["--progress"]),
+            "random-checkpoint": (["mixer_s32_224", "r.safetensors"], ["--num-classes", "--seed"], [])}
+
+
+def not_an_int(text):  # int() takes " 3", "3_0" and "٣" too
+    try:
+        int(text)
+    except ValueError:
+        return True
+    return False
+
+
+@st.composite
+def bad_command_lines(draw):
+    """[command, ...] that argparse must refuse: a mistake drawn from every kind argparse reports."""
+    command = draw(st.sampled_from(sorted(COMMANDS)))
+    good, int_options, choice_options = COMMANDS[command]
+    text = st.text(min_size=0, max_size=12).map(lambda s: s.replace("\x00", ""))  # argv holds no NUL
+    kinds = [
+        st.tuples(st.sampled_from(int_options), text.filter(not_an_int)).map(list),  # invalid int value
+        st.sampled_from(int_options + choice_options).map(lambda option: ["END", option]),  # expected one argument
+        text.filter(lambda s: " " not in s).map(lambda s: ["--no-such-" + s]),  # unrecognized arguments
+        st.just(["MISSING"]),  # the following arguments are required
+    ]
+    if choice_options:
+        kinds.append(st.tuples(st.sampled_from(choice_options),
+                               text.filter(lambda s: s not in ("auto", "on", "off") and not s.startswith("-")))
+                     .map(list))  # invalid choice
+        kinds.append(st.just(["--model", "digits", "--weights", "w.safetensors"]))  # not allowed with
+    else:
+        kinds.append(text.filter(lambda s: s not in ARCHITECTURES and not s.startswith("-"))
+                     .map(lambda s: ["ARCH", s]))  # invalid choice
+    mistake = draw(st.one_of(kinds))
+    if mistake == ["MISSING"]:
+        return [command] + good[:draw(st.integers(0, len(good) - 1))] if command != "embed" else [command, "cat.jpg"]
+    if mistake[0] == "ARCH":
+        return [command, mistake[1]] + good[1:]
+    if mistake[0] == "END":
+        return [command] + good + mistake[1:]
+    at = draw(st.integers(0, len(good)))
+    return [command] + good[:at] + mistake + good[at:]
+
+
+@settings(deadline=None, max_examples=2 * settings().max_examples)
+@given(argv=bad_command_lines())
+def test_any_bad_command_line_is_one_line_that_points_to_the_commands_help(argv):
+    status, stdout, stderr = call_main(argv)
+    where = f"{argv!r}: {stderr!r}"
+    assert status == 2 and stdout == "", where
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and stderr.endswith("\n"), where  # no usage block, no newline from the argument
+    assert lines[0].startswith("numpy-mixer: error: "), where
+    assert lines[0].endswith(f" - see numpy-mixer {argv[0]} --help"), where
+
+
+def test_random_checkpoint_bounds_the_head_before_allocating_it(tmp_path, monkeypatch):
+    from numpy_mixer import checkpoint
+    from numpy_mixer.checkpoint import MAX_NUM_CLASSES
+
+    assert MAX_NUM_CLASSES >= 21843  # ImageNet-21k's head fits
+    out = tmp_path / "big.safetensors"
+    result = run("random-checkpoint", "mixer_s32_224", out, "--num-classes", 10 ** 12)  # 4 TB of head
+    assert_one_line_error(result, f"--num-classes must be 0 (no head) to {MAX_NUM_CLASSES:,}, got {10 ** 12}")
+    assert os.listdir(tmp_path) == []
+    made = []
+
+    class Made(Exception):
+        pass
+
+    def record(config, seed=0):
+        made.append(config.num_classes)
+        raise Made
+
+    monkeypatch.setattr(checkpoint, "random_state_dict", record)  # the bound itself, without allocating it
+    status, _, stderr = call_main(["random-checkpoint", "mixer_s32_224", out, "--num-classes", MAX_NUM_CLASSES + 1])
+    assert status == 1 and f"got {MAX_NUM_CLASSES + 1}" in stderr and made == []
+    with pytest.raises(Made):
+        call_main(["random-checkpoint", "mixer_s32_224", out, "--num-classes", MAX_NUM_CLASSES])
+    assert made == [MAX_NUM_CLASSES]
+
+
+def test_random_checkpoint_writes_only_what_weights_reads(tmp_path):
+    pth = tmp_path / "s.pth"
+    assert_one_line_error(run("random-checkpoint", "mixer_s32_224", pth, "--num-classes", 2),
+                          f"{pth}: the output must end in .safetensors", f"e.g. {tmp_path / 's'}.safetensors")
+    assert_one_line_error(run("random-checkpoint", "mixer_s32_224", tmp_path / "model", "--num-classes", 2),
+                          "model: the output must end in .safetensors")
+    folder = tmp_path / "some_folder"
+    folder.mkdir()
+    for force in [(), ("--force",)]:  # --force cannot replace a folder
+        assert_one_line_error(run("random-checkpoint", "mixer_s32_224", folder, "--num-classes", 2, *force),
+                              f"{folder}: is a folder", f"e.g. {folder / 'mixer_s32_224.safetensors'}")
+    assert sorted(os.listdir(tmp_path)) == ["some_folder"] and os.listdir(folder) == []  # no temporary file left
+
+
+def test_model_help_lists_every_name_load_model_takes_the_same_for_each_command(tmp_path, photos):
+    helps = {}
+    for command in ["predict", "embed"]:
+        status, stdout, _ = call_main([command, "--help"])
+        text = " ".join(stdout.split())
+        start = text.index("--model NAME ", text.index("--help show this help"))  # the option, not the usage
+        helps[command] = text[start:text.index("--weights FILE ", start)]
+        for form in ["timm name", "hf-hub:owner/repo[@revision]", "local-dir:FOLDER", "FOLDER with timm's config.json",
+                     "a .safetensors file", "'digits'"]:
+            assert status == 0 and form in helps[command], (command, form, helps[command])
+    assert helps["predict"] == helps["embed"]
+    # and they are taken: a folder (bare and local-dir:) and a .safetensors file, as --model
+    load_model("digits").save_pretrained(tmp_path / "saved")
+    for model in [tmp_path / "saved", f"local-dir:{tmp_path / 'saved'}", tmp_path / "saved" / "model.safetensors"]:
+        status, stdout, stderr = call_main(["predict", photos[0], "--model", model, "--top-k", 1])
+        assert status == 0 and stdout.startswith(str(photos[0])), stderr
+
+
+def test_closed_standard_streams_are_an_error_or_ignored_never_a_traceback(photos, tmp_path):
+    """`>&-` / `2>&-` (Python then has sys.stdout / sys.stderr = None): predict says stdout is closed;
+    embed --out needs neither; a closed stderr only loses the messages, never the results."""
+    def shell(command):
+        return subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m numpy_mixer {command}"],
+                              capture_output=True, text=True, timeout=300)
+
+    image = shlex.quote(str(photos[0]))
+    result = shell(f"predict {image} --model digits >&-")
+    assert_one_line_error(result, "standard output is closed")
+    result = shell(f"predict {image} --model digits 2>&-")
+    assert result.returncode == 0 and "%" in result.stdout
+    for i, closing in enumerate([">&-", "2>&-", "<&-"]):
+        out = tmp_path / f"e{i}.npz"
+        result = shell(f"embed {image} --model digits --out {shlex.quote(str(out))} {closing}")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        with np.load(out) as f:
+            assert f["embeddings"].shape == (1, 64)

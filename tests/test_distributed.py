@@ -76,7 +76,7 @@ def test_missing_inputs_are_reported_in_place_as_the_single_process_run_does(cli
     empty.mkdir()
     inputs = paths[:3] + [missing] + paths[3:9] + [str(empty)] + paths[9:]  # in two different partitions
     single = numpy_mixer.embed(inputs, model="digits", batch_size=4)
-    spread = distributed.embed(inputs, client, model="digits", batch_size=4)
+    spread = distributed.embed(inputs, client, model="digits", batch_size=np.int64(4))  # any integer, as embed's
     assert list(spread["paths"]) == paths == list(single["paths"])
     assert np.array_equal(spread["embeddings"], single["embeddings"])
     assert list(spread["failed"]) == [missing, str(empty)] == list(single["failed"])
@@ -100,6 +100,9 @@ def test_model_must_be_a_name_or_path(client, tmp_path):
     paths = write_crops(tmp_path / "imgs", 2)
     with pytest.raises(MixerError, match="name or a .safetensors path"):
         distributed.embed(paths, client, model=numpy_mixer.load_model("digits"))
+    for bad in (True, 0, 2.0):
+        with pytest.raises(MixerError, match="batch_size must be a positive integer"):
+            distributed.embed(paths, client, model="digits", batch_size=bad)
     with pytest.raises(MixerError, match="unknown model 'no-such-model'") as info:  # loaded on the workers
         distributed.embed(paths, client, model="no-such-model")
     assert "\n" not in str(info.value)

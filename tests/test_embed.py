@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import numpy_mixer
@@ -263,3 +266,171 @@ def test_files_are_written_whole_with_the_usual_permissions(tmp_path):
     with pytest.raises(MixerError, match=r"x\.bin: cannot write in .*missing \(No such file or directory\)"):
         with written_whole(tmp_path / "missing" / "x.bin"):
             pass
+
+
+# --- damaged chunks on --resume; numpy integers; inputs that are not paths -----------------------------------
+
+def interrupted_run(tmp_path, count=20, batch_size=8, after=2):
+    """An embed run stopped after `after` batches. -> (paths, out, the chunk files on disk)"""
+    paths = write_crops(tmp_path / "imgs", count)
+    out = tmp_path / "e.npz"
+    model = load_model("digits")
+    counting(model, fail_after=after)
+    with pytest.raises(Interrupt):
+        numpy_mixer.embed(paths, out, model=model, batch_size=batch_size)
+    return paths, out, sorted(Path(f"{out}.partial").glob("batch-*.npz"))
+
+
+def damage(chunk, how):
+    """Damage a chunk of 8 images [8, 64] in the way named how."""
+    with np.load(chunk) as f:
+        ok = {key: f[key] for key in f.files}
+
+    def write(**changes):
+        np.savez(chunk, **dict(ok, **changes))
+
+    if how == "garbage bytes":
+        chunk.write_bytes(b"not a zip file at all\n" * 10)
+    elif how == "cut in half":
+        chunk.write_bytes(chunk.read_bytes()[:chunk.stat().st_size // 2])
+    elif how == "empty":
+        chunk.write_bytes(b"")
+    elif how == "an object array":  # np.load would refuse it: "Object arrays cannot be loaded"
+        write(index=np.array(list(ok["index"]), dtype=object))
+    elif how == "a key missing":
+        np.savez(chunk, **{k: v for k, v in ok.items() if k != "reasons"})
+    elif how == "other features":
+        write(embeddings=ok["embeddings"][:, :32].copy())
+    elif how == "float64 embeddings":
+        write(embeddings=ok["embeddings"].astype(np.float64))
+    elif how == "another batch's indices":
+        write(index=ok["index"] + 8)
+    elif how == "an index past the inputs":
+        write(index=np.where(np.arange(8) == 3, 10 ** 6, ok["index"]))
+    elif how == "compressed":  # a zip bomb's shape: a small file that inflates to a large array
+        np.savez_compressed(chunk, **ok)
+    elif how == "a header declaring 10**9 rows":
+        with zipfile.ZipFile(chunk, "w") as z, z.open("embeddings.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 9, 64)})
+            f.write(bytes(64))
+        with zipfile.ZipFile(chunk, "a") as z:
+            for key in ["index", "failed", "reasons"]:
+                with z.open(f"{key}.npy", "w") as f:
+                    np.lib.format.write_array(f, ok[key])
+    elif how == "a flipped bit in the embeddings":
+        data = bytearray(chunk.read_bytes())
+        start = data.index(b"embeddings.npy") + 200  # inside the array's data: only the CRC-32 can tell
+        data[start] ^= 1
+        chunk.write_bytes(bytes(data))
+    else:
+        raise AssertionError(how)
+
+
+DAMAGE = ["garbage bytes", "cut in half", "empty", "an object array", "a key missing", "other features",
+          "float64 embeddings", "another batch's indices", "an index past the inputs", "compressed",
+          "a header declaring 10**9 rows", "a flipped bit in the embeddings"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_chunk_is_one_line_that_names_it_and_deleting_it_recomputes_that_batch(tmp_path, how):
+    paths, out, chunks = interrupted_run(tmp_path)
+    damage(chunks[1], how)
+    model = load_model("digits")
+    seen = counting(model)
+    tracemalloc.start()
+    with pytest.raises(MixerError) as info:
+        numpy_mixer.embed(paths, out, model=model, batch_size=8, resume=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{chunks[1]}: damaged chunk"), message
+    assert "delete this file and run again with --resume" in message and f"{out}.partial" in message
+    assert peak < 50_000_000, peak  # nothing sized by the file's numbers (10**9 rows would be 256 GB)
+    if how != "a flipped bit in the embeddings":  # found by the check at the start, before any work
+        assert seen == []
+    assert not out.exists() and chunks[0].exists()  # the run can go on
+    chunks[1].unlink()  # as the message says: that batch is recomputed, the others are kept
+    seen = counting(model)
+    with numpy_mixer.embed(paths, out, model=model, batch_size=8, resume=True) as resumed:
+        embeddings, done = resumed["embeddings"], list(resumed["paths"])
+    whole = numpy_mixer.embed(paths, model=load_model("digits"), batch_size=8)
+    assert seen == [8, 4] and done == paths and np.array_equal(embeddings, whole["embeddings"])
+
+
+def test_a_damaged_chunk_on_the_command_line(tmp_path):
+    paths, out, chunks = interrupted_run(tmp_path)
+    chunks[0].write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, "-m", "numpy_mixer", "embed", *paths, "--out", str(out), "--model",
+                             "digits", "--batch-size", "8", "--resume"], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"numpy-mixer: error: {chunks[0]}: damaged chunk"), line
+
+
+@settings(deadline=None, max_examples=3 * settings().max_examples)
+@given(data=st.data())
+def test_any_damage_to_a_chunk_gives_its_arrays_or_a_mixer_error(tmp_path_factory, data):
+    """read_chunk on a chunk with bytes changed, cut or added: exactly the arrays written, or a MixerError."""
+    folder = tmp_path_factory.mktemp("chunk")
+    chunk = folder / "batch-00000001.npz"
+    arrays = dict(index=np.array([8, 9, 11], np.int64), embeddings=np.arange(3 * 4, dtype=np.float32).reshape(3, 4),
+                  failed=np.array([10], np.int64), reasons=np.array(["x.jpg: not an image"]))
+    np.savez(chunk, **arrays)
+    raw = bytearray(chunk.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["set", "cut", "insert"]))
+        at = data.draw(st.integers(0, len(raw) - 1))
+        if kind == "set":
+            raw[at] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del raw[at:at + data.draw(st.integers(1, 64))]
+        else:
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        if not raw:
+            break
+    chunk.write_bytes(bytes(raw))
+    try:
+        got = embed_module.read_chunk(str(chunk), 4, 16, span=(8, 12))
+    except MixerError as e:
+        assert "\n" not in str(e) and str(e).startswith(f"{chunk}: damaged chunk")
+        return
+    assert got.keys() == arrays.keys()
+    for key, value in arrays.items():
+        assert got[key].dtype == value.dtype and np.array_equal(got[key], value), key
+
+
+def test_batch_size_takes_any_integer_as_predict_does(tmp_path, digits_model):
+    paths = write_crops(tmp_path / "imgs", 5)
+    want = numpy_mixer.embed(paths, model=digits_model, batch_size=2)
+    for batch_size in [np.int64(2), np.int32(2), np.uint8(2)]:
+        with numpy_mixer.embed(paths, tmp_path / "e.npz", model=digits_model, batch_size=batch_size) as got:
+            assert np.array_equal(got["embeddings"], want["embeddings"]), batch_size  # the same batches
+    for batch_size in [True, 2.0, "2", np.int64(0), None]:
+        with pytest.raises(MixerError, match="batch_size must be a positive integer"):
+            numpy_mixer.embed(paths, model=digits_model, batch_size=batch_size)
+
+
+def test_inputs_that_are_not_paths_are_one_line_that_says_what_embed_takes(tmp_path, digits_model):
+    from PIL import Image
+
+    pixels = np.zeros((3, 3, 3), np.uint8)
+    for images, words in [([pixels], "item 0 is a NumPy array of shape (3, 3, 3) - save the image to a file"),
+                          (pixels, "got a NumPy array of shape (3, 3, 3)"),
+                          ([Image.new("RGB", (3, 3))], "item 0 is a PIL.Image.Image - save the image"),
+                          (None, "got None"), (42, "got an int"), ([Path("a.jpg"), 42], "item 1 is an int"),
+                          (b"photos/", "got bytes - pass the path as a str"), ([b"photos/"], "item 0 is bytes")]:
+        with pytest.raises(MixerError) as info:
+            numpy_mixer.embed(images, model=digits_model)
+        message = str(info.value)
+        assert message.startswith("embed takes a path, URL or folder, or a list of them; ") and words in message
+        assert "\n" not in message
+
+
+def test_a_file_where_the_batches_folder_goes_is_one_line(tmp_path, digits_model):
+    images = write_crops(tmp_path / "imgs", 2)
+    (tmp_path / "e.npz.partial").write_text("not a folder")
+    for resume in (False, True):
+        with pytest.raises(MixerError, match=r"e\.npz\.partial: cannot make the folder .*File exists") as info:
+            numpy_mixer.embed(images, tmp_path / "e.npz", model=digits_model, resume=resume)
+        assert "\n" not in str(info.value)

@@ -109,8 +109,8 @@ def check_property(argv, status, stdout, stderr):
     assert "Traceback" not in stderr, where
     lines = stderr.splitlines()
     images = sum(1 for a in argv if not str(a).startswith("-"))
-    if status == 2:  # argparse: a usage of a few lines, then the error
-        assert 1 <= len(lines) <= 8 and ": error: " in lines[-1], where
+    if status == 2:  # a bad command line: one line, as every other error
+        assert len(lines) == 1 and lines[0].startswith("numpy-mixer: error: "), where
     else:
         assert len(lines) <= images + 3, where
         assert all(line.startswith("numpy-mixer: ") for line in lines), where

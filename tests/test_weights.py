@@ -473,9 +473,11 @@ def test_model_argument_checks(tmp_path, make_checkpoint):
     with torch.no_grad():
         assert tuple(timm_model("mixer_s32_224", state)(torch.zeros(0, 3, 224, 224)).shape) == (0, 1000)
     cases = [(lambda: load_model(None), "load_model takes a timm model name or a path .* not NoneType"),
-             (lambda: load_model(path, num_classes=-1), "num_classes must be a whole number >= 0"),
-             (lambda: load_model(path, num_classes=2.5), "num_classes must be a whole number >= 0"),
-             (lambda: load_model(path, num_classes=True), "num_classes must be a whole number >= 0"),
+             (lambda: load_model(path, num_classes=-1), "num_classes must be a whole number from 0"),
+             (lambda: load_model(path, num_classes=2.5), "num_classes must be a whole number from 0"),
+             (lambda: load_model(path, num_classes=True), "num_classes must be a whole number from 0"),
+             (lambda: load_model(path, num_classes=10**12), "from 0 \\(no head\\) to 1,000,000, not 1000000000000"),
+             (lambda: model.reset_classifier(1_000_001), "to 1,000,000, not 1000001"),
              (lambda: model.astype(np.float16), r"astype\(float16\): a model runs in float32 or float64 only"),
              (lambda: model.forward_head(np.zeros((2, 16), np.float32)), r"forward_head takes tokens \[B, N, C\] "
               r"with C = 16 .*got shape \(2, 16\)"),
