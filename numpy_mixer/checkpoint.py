@@ -10,10 +10,6 @@ from safetensors.numpy import save_file
 
 from .weights import ARCHITECTURES, MixerConfig, expected_shapes
 
-# The most classes a head may have (random-checkpoint --num-classes; load_model's num_classes): generous (ImageNet-21k
-# has 21,843), and it bounds the head [N, C] before it is allocated: 1,000,000 x 1024 float32 is 4 GB for l16.
-MAX_NUM_CLASSES = 1_000_000
-
 
 def config_for(arch="mixer_b16_224", **changes):
     """A MixerConfig for a timm architecture name, with any field changed (num_classes=21843, depth=2 ...)."""

@@ -21,8 +21,7 @@ import sys
 from . import __version__
 from .errors import MixerError
 from . import files
-from .checkpoint import MAX_NUM_CLASSES
-from .weights import ARCHITECTURES, DEFAULT_MODEL
+from .weights import ARCHITECTURES, DEFAULT_MODEL, MAX_NUM_CLASSES
 
 PROG = "numpy-mixer"
 PROGRESS_MIN_IMAGES = 32  # below this a run takes seconds: no bar

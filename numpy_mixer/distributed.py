@@ -20,14 +20,13 @@ core (the fast path runs one thread): start one single-threaded worker per core 
 --nworkers auto --nthreads 1`). The model holds when the W workers have cores of their own.
 """
 import math
-import numbers
 import os
 import threading
 
 import numpy as np
 
 from .embed import DEFAULT_BATCH_SIZE, batches, collect_images, embed_batch
-from .errors import MixerError
+from .errors import MixerError, positive_int
 
 PARTITIONS_PER_WORKER = 4  # tasks per worker: enough to even out slow workers, few enough to cost nothing
 _MODELS = {}  # in each worker process: model name or path -> MlpMixer, loaded once
@@ -93,9 +92,7 @@ def embed(paths, client, model=None, batch_size=DEFAULT_BATCH_SIZE, out=None, pr
         raise MixerError("numpy_mixer.distributed.embed takes the model as a name or a .safetensors path, which "
                          "each worker loads once (an MlpMixer object would be copied into every task)")
     model = os.fspath(model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)  # a NumPy integer too, as embed and predict take it
+    batch_size = positive_int(batch_size, "batch_size")
     problems = {}  # unusable inputs stay in their place and are reported, as in the single-process run
     files = collect_images(paths, problems)
     workers = len(client.scheduler_info().get("workers", {})) or 1

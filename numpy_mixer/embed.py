@@ -20,7 +20,6 @@ batch, never the collection.
 import hashlib
 import json
 import math
-import numbers
 import os
 import shutil
 import sys
@@ -30,7 +29,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import MixerError, first_line
+from .errors import MixerError, first_line, positive_int
 from .files import check_regular, image_files, written_whole
 
 DEFAULT_BATCH_SIZE = 16
@@ -106,8 +105,14 @@ def embed_batch(model, paths, errors=None):
     if not inputs:
         return np.zeros(0, np.int64), np.zeros((0, model.num_features), np.float32), failed
     x = np.stack(inputs)  # [b', 3, S, S]
-    features = model.forward_head(model.forward_features(x), pre_logits=True)  # [b', C]
-    return np.asarray(ok, np.int64), features.astype(np.float32, copy=False), failed
+    features = model.outputs_by_row(x, pre_logits=True)  # [b', C]; an overflow: that image's row is not finite
+    finite = np.isfinite(features).all(axis=1)
+    for j in np.flatnonzero(~finite):
+        failed.append((ok[j], f"{paths[ok[j]]}: the model gave non-finite embeddings (NaN or Inf) - check the "
+                              "checkpoint's weights and the image"))
+    failed.sort()
+    ok = np.asarray(ok, np.int64)[finite]
+    return ok, features[finite].astype(np.float32, copy=False), failed
 
 
 def batches(count, batch_size):
@@ -171,9 +176,7 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
         raise MixerError(f"{out}: no such folder for the output file")
     if os.path.isdir(out):
         raise MixerError(f"{out}: is a directory; the output must be a file name ending in .npz")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise MixerError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)  # a NumPy integer too, as predict takes it; run.json needs a Python int
+    batch_size = positive_int(batch_size, "batch_size")  # a Python int: run.json holds it
     errors = {}
     paths = collect_images(images, errors)
     model = _load(model)

@@ -5,8 +5,8 @@ import numpy as np
 
 from . import layers
 from .errors import MixerError
-from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, check_architecture,
-                      check_finite, check_state_dict, infer_config, read_safetensors, resolve)
+from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, MAX_NUM_CLASSES,
+                      check_architecture, check_finite, check_state_dict, infer_config, read_safetensors, resolve)
 
 
 def nest(state_dict):
@@ -91,20 +91,23 @@ class MlpMixer:
         fast=False runs the readable layer functions of numpy_mixer.layers.
         """
         x = self._cast(self._check_input(x))
+        tokens = self._features(x, fast)
+        _check_overflow(tokens, x, "the forward pass")
+        return tokens
+
+    def _features(self, x, fast=True):
+        """forward_features on a checked input, unchecked output (an overflow gives non-finite values)."""
         p = self.params
         if len(x) == 0:  # an empty batch gives empty outputs, as in timm
             return np.zeros((0, self.config.num_patches, self.config.embed_dim), self.dtype)
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+        with np.errstate(over="ignore", invalid="ignore"):  # the callers report an overflow, in one line
             if fast and self.dtype == np.float32:
                 from . import fast as fast_path
-                tokens = fast_path.forward_features(x, p, self.config.patch_size)
-            else:
-                # one image at a time: images do not interact, and a big batch's [B, N, H] temporaries fall out
-                # of cache (per image, B=16 took twice as long as B=1); layers.py stays the plain batched maths
-                tokens = np.concatenate([layers.forward_features(x[i:i + 1], p["stem"], p["blocks"], p["norm"],
-                                                                 self.config.patch_size) for i in range(len(x))])
-        _check_overflow(tokens, x, "the forward pass")
-        return tokens
+                return fast_path.forward_features(x, p, self.config.patch_size)
+            # one image at a time: images do not interact, and a big batch's [B, N, H] temporaries fall out
+            # of cache (per image, B=16 took twice as long as B=1); layers.py stays the plain batched maths
+            return np.concatenate([layers.forward_features(x[i:i + 1], p["stem"], p["blocks"], p["norm"],
+                                                           self.config.patch_size) for i in range(len(x))])
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
                               intermediates_only=False):
@@ -148,14 +151,24 @@ class MlpMixer:
         if not np.isfinite(x).all():
             raise MixerError(f"tokens of shape {x.shape} have {np.count_nonzero(~np.isfinite(x)):,} NaN or infinite "
                              "values; the logits would be NaN")
-        x = self._cast(x)
-        x = layers.global_pool(x)  # [B, N, C] -> [B, C]
+        return self._head(self._cast(x), pre_logits)
+
+    def _head(self, tokens, pre_logits=False):
+        x = layers.global_pool(tokens)  # [B, N, C] -> [B, C]
         if pre_logits or "head" not in self.params:
             return x
         from . import fast as fast_path
 
         with fast_path.one_blas_thread():  # a small matmul; on more threads, BLAS's threads would spin after it
             return layers.head(x, **self.params["head"])
+
+    def outputs_by_row(self, x, pre_logits=False):
+        """model(x) (pre_logits: the pooled features) for a batch of separate images, as predict and embed run
+        it: an image whose pass overflows float32 gets a non-finite row, for the caller to report that image
+        alone, where model(x) raises for the whole batch. [B, 3, H, W] -> [B, K] (or [B, C])"""
+        x = self._cast(self._check_input(x))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._head(self._features(x), pre_logits)
 
     def __call__(self, x, fast=True):
         """Logits. [B, 3, H, W] -> [B, K] (pooled features [B, C] when num_classes=0); fast as in forward_features"""
@@ -224,6 +237,8 @@ def take_indices(num_blocks, indices=None):
     """timm's feature_take_indices: None -> every block, int n -> the last n, list -> those (negative from the end)."""
     if indices is None:
         indices = num_blocks
+    if isinstance(indices, np.ndarray) and indices.ndim == 0:  # np.array(3): the int it holds
+        indices = indices.item()
     whole = (int, np.integer)
     if isinstance(indices, bool) or not (isinstance(indices, whole) or (
             isinstance(indices, (list, tuple, range, np.ndarray)) and all(
@@ -287,8 +302,6 @@ def _check_overflow(out, x, what):
 
 
 def _check_num_classes(num_classes):
-    from .checkpoint import MAX_NUM_CLASSES  # the head [num_classes, C] is allocated: bound it first
-
     if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
             or not 0 <= num_classes <= MAX_NUM_CLASSES):
         raise MixerError(f"num_classes must be a whole number from 0 (no head) to {MAX_NUM_CLASSES:,}, "

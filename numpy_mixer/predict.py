@@ -1,13 +1,12 @@
 """Images in, top-k (label, probability) out."""
 
-import numbers
 import os
 import sys
 
 import numpy as np
 from PIL import Image
 
-from .errors import MixerError
+from .errors import MixerError, positive_int
 from .labels import load_labels
 from .model import MlpMixer, load_model
 from .preprocess import read_all
@@ -99,7 +98,7 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
             good = [i for i, r in enumerate(results) if not isinstance(r, MixerError)]
             if good:
                 with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
-                    logits = model(np.stack([results[i] for i in good]))  # [b, K]
+                    logits = model.outputs_by_row(np.stack([results[i] for i in good]))  # [b, K]
                     probs = softmax(logits)
                 for i, z, p in zip(good, logits, probs):
                     if not np.all(np.isfinite(z)):
@@ -138,10 +137,7 @@ def _name(img):
 
 
 def _check_numbers(top_k, batch_size):
-    for name, value in [("top_k", top_k), ("batch_size", batch_size)]:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise MixerError(f"{name} must be a positive integer, got {value!r}")
-    return int(top_k), int(batch_size)
+    return positive_int(top_k, "top_k"), positive_int(batch_size, "batch_size")
 
 
 def _check_model(model):

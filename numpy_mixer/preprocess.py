@@ -12,12 +12,13 @@ pixels before the crop, so an aspect ratio past 256:1 (MAX_RESIZED_PIXELS) is re
 Files are opened as regular files only (a FIFO would block), and their declared size is checked
 against Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS) before any pixel is decoded.
 
-read_all reads a batch on several threads (Pillow decodes and resizes without the GIL): a 12-megapixel
-JPEG takes about 0.1 s, as long as the model's pass per image on 2 cores. The threads together hold at
-most READ_PIXELS decoded pixels, so memory stays bounded whatever the batch holds.
+read_all reads a batch's files on several threads (Pillow decodes and resizes without the GIL): a
+12-megapixel JPEG takes about 0.1 s, as long as the model's pass per image on 2 cores. The threads
+together hold at most READ_PIXELS pixels, decoded and resized, so memory stays bounded whatever the batch holds.
 """
 import io
 import math
+import numbers
 import os
 import struct
 import threading
@@ -39,22 +40,28 @@ _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampl
 
 # What a corrupt or truncated file makes Pillow's decoders raise (its own fuzzing harness expects these)
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
-# The most decoded pixels that read_all's threads hold at once (about 150 MB as RGB): 4 photos of 12
-# megapixels, or 16 of 3. A larger image is read when it is alone.
+# The most pixels that read_all's threads hold at once, decoded and resized (about 200 MB: Pillow keeps RGB
+# in 4 bytes a pixel): 3 photos of 12 megapixels, or 12 of 3. A larger image is read when it is alone.
 READ_PIXELS = 48 << 20
 # The most pixels the resize before the crop may make (64 MiB in Pillow's 4 bytes a pixel): aspect
 # ratios up to 256:1 at the usual 256. A thinner image is refused (see resize_and_crop).
 MAX_RESIZED_PIXELS = 1 << 24
 
 
+_warnings_lock = threading.Lock()  # warnings.catch_warnings changes global state: one thread at a time
+
+
 def _open_file(path, check_size=None, data=None):
     """An image file -> an RGB PIL image, or a MixerError naming the file; check_size(w, h) before decoding.
 
-    data: the bytes fetched from the URL path (numpy_mixer.fetch), checked exactly as a file's.
+    check_size may return the (width, height) the image will be resized to: under read_all, those pixels
+    count against its budget too. data: the bytes fetched from the URL path (numpy_mixer.fetch), checked
+    exactly as a file's.
     """
     with open_regular(path, "image") if data is None else io.BytesIO(data) as f:
         try:
-            with warnings.catch_warnings():  # the size is checked below, with a message that says what to do
+            # the size is checked below, with a message that says what to do (Image.open reads the header only)
+            with _warnings_lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 opened = Image.open(f)
         except UnidentifiedImageError:
@@ -73,9 +80,9 @@ def _open_file(path, check_size=None, data=None):
                 raise MixerError(f"{path}: {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit of "
                                  f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); raise it if you "
                                  "trust the file")
-            if check_size is not None:
-                check_size(w, h)
-            _hold_pixels(w * h)  # under read_all: wait for room in its budget before decoding
+            resized = check_size(w, h) if check_size is not None else None
+            # under read_all: wait for room in its budget for the decoded and the resized image, before decoding
+            _hold_pixels(w * h + (math.prod(resized) if resized else 0))
             try:
                 opened.load()
                 return _checked_rgb(opened, path)
@@ -117,15 +124,20 @@ def _hold_pixels(pixels):
 
 
 def read_all(images, read, workers, budget_pixels=None):
-    """[read(img) for img in images], in order, on up to `workers` threads.
+    """[read(img) for img in images], in order: files and URLs on up to `workers` threads.
 
-    Each file's pixels count against a budget of budget_pixels (default READ_PIXELS) from the moment its
-    size is checked until read(img) returns; read should turn errors into values (an exception stops the lot).
+    Each file's pixels (decoded, and resized before the crop) count against a budget of budget_pixels
+    (default READ_PIXELS) from the moment its size is checked until read(img) returns. PIL images and
+    arrays are read here, one after another: a lazily opened PIL image given twice shares one file handle,
+    which two threads must not read at once. read should turn errors into values (an exception stops the lot).
     """
     images = list(images)
-    workers = min(workers, len(images))
+    files = [i for i, img in enumerate(images) if isinstance(img, (str, os.PathLike))]
+    workers = min(workers, len(files))
     if workers <= 1:
         return [read(img) for img in images]
+    threaded = set(files)
+    results = [None if i in threaded else read(img) for i, img in enumerate(images)]
     budget = PixelBudget(READ_PIXELS if budget_pixels is None else budget_pixels)
 
     def one(img):
@@ -137,7 +149,9 @@ def read_all(images, read, workers, budget_pixels=None):
             _reading.budget = None
 
     with ThreadPoolExecutor(workers, thread_name_prefix="numpy-mixer-read") as pool:
-        return list(pool.map(one, images))
+        for i, result in zip(files, pool.map(one, [images[i] for i in files])):
+            results[i] = result
+    return results
 
 
 def _checked_rgb(img, name):
@@ -232,13 +246,18 @@ def _checked_resize(w, h, scale_size, name="image"):
     return new_w, new_h
 
 
-CROP_PCT_RANGE = (0.1, 1.0)  # timm's models use 0.875 to 1; below 0.1 the resize before the crop gets huge
+MIN_CROP_PCT = 0.1  # timm's models use 0.875 to 1; below 0.1 the resize before the crop gets huge
+
+
+def _whole(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_preprocessing(cfg, where="preprocess"):
     """The preprocessing settings (mean, std, interpolation, crop_pct; input_size if given), checked.
 
-    -> the dict with Google's defaults filled in, or a one-line MixerError starting with `where`.
+    -> the dict with Google's defaults filled in (mean and std as tuples of floats), or a one-line
+    MixerError starting with `where`. Numbers may be NumPy's; mean and std any sequence of three.
     """
     if cfg is not None and not hasattr(cfg, "get"):
         raise MixerError(f"{where}: the preprocessing settings are a dict (a model's pretrained_cfg) or None, not "
@@ -246,21 +265,21 @@ def check_preprocessing(cfg, where="preprocess"):
     cfg = dict(DEFAULT_PREPROCESSING, **(cfg or {}))
     if not isinstance(cfg["interpolation"], str) or cfg["interpolation"] not in _INTERPOLATION:
         raise MixerError(f"{where}: interpolation {cfg['interpolation']!r}; expected one of {', '.join(_INTERPOLATION)}")
-    low, high = CROP_PCT_RANGE
     crop_pct = cfg["crop_pct"]
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not low <= crop_pct <= high:
-        raise MixerError(f"{where}: crop_pct {crop_pct!r}; expected a number from {low} to {high} (timm's is 0.875)")
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, numbers.Real) or not MIN_CROP_PCT <= crop_pct < math.inf:
+        raise MixerError(f"{where}: crop_pct {crop_pct!r}; expected a number from {MIN_CROP_PCT} up (timm's is 0.875)")
     for key in ("mean", "std"):
-        value = cfg[key]
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-                or (key == "std" and min(value) <= 0)):
-            raise MixerError(f"{where}: {key} {value!r}; expected three numbers, one per RGB channel"
+        try:
+            value = np.asarray(cfg[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value.shape != (3,) or not np.isfinite(value).all() or (key == "std" and value.min() <= 0):
+            raise MixerError(f"{where}: {key} {cfg[key]!r}; expected three numbers, one per RGB channel"
                              + (", above 0" if key == "std" else ""))
+        cfg[key] = tuple(float(v) for v in value)
     if "input_size" in cfg:
         size = cfg["input_size"]
-        if (not isinstance(size, (list, tuple)) or len(size) != 3
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        if not isinstance(size, (list, tuple)) or len(size) != 3 or not all(_whole(v) and v > 0 for v in size):
             raise MixerError(f"{where}: input_size {size!r}; expected [channels, height, width]")
     return cfg
 
@@ -273,9 +292,13 @@ def preprocess(img, cfg=None, img_size=224):
     cfg = check_preprocessing(cfg)
     if "input_size" in cfg:
         img_size = cfg["input_size"][-1]
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+    if not _whole(img_size) or img_size < 1:
         raise MixerError(f"preprocess: img_size {img_size!r}; expected a whole number of pixels above 0")
+    img_size = int(img_size)
     scale_size = math.floor(img_size / cfg["crop_pct"])  # 256 for 224 and 0.875
+    if scale_size < 1:
+        raise MixerError(f"preprocess: crop_pct {cfg['crop_pct']!r} would resize the image to {scale_size} pixels "
+                         f"before a {img_size}-pixel crop; timm's is 0.875")
     name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else "image"
     rgb = load_image(img, lambda w, h: _checked_resize(w, h, scale_size, name))  # a thin file is not decoded
     rgb = resize_and_crop(rgb, scale_size, img_size, cfg["interpolation"], name)

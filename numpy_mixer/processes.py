@@ -326,18 +326,18 @@ def _pipe():
     stdin/stdout/stderr=DEVNULL would then overwrite the worker's end of the pipe in the child, and
     anything here that writes to stdout would write into the pipe.
     """
-    return tuple(_above_stdio(fd) for fd in os.pipe())
-
-
-def _above_stdio(fd):
-    """fd itself if it is 3 or more, else a close-on-exec copy numbered 3 or more (fd is closed)."""
-    if fd > 2:
-        return fd
-    import fcntl  # POSIX only, as the worker processes (pass_fds) are
+    fds = list(os.pipe())
     try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    finally:
-        os.close(fd)
+        for i, fd in enumerate(fds):
+            if fd <= 2:
+                import fcntl  # POSIX only, as the worker processes (pass_fds) are
+                fds[i] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)  # a close-on-exec copy numbered 3 or more
+                os.close(fd)
+    except BaseException:
+        for fd in set(fds):
+            os.close(fd)
+        raise
+    return tuple(fds)
 
 
 class Pool:
@@ -354,20 +354,22 @@ class Pool:
         env = helper_env()
         try:
             for rank in range(1, W):
-                down_r, down_w = _pipe()  # this process -> worker
-                up_r, up_w = _pipe()  # worker -> this process
-                code = f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_r}, {up_w})"
+                opened = []  # every end so far, closed if the worker cannot be started
                 try:
+                    down_r, down_w = _pipe()  # this process -> worker
+                    opened += [down_r, down_w]
+                    up_r, up_w = _pipe()  # worker -> this process
+                    opened += [up_r, up_w]
+                    code = f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_r}, {up_w})"
                     proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w), env=env,
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, close_fds=True)
-                except BaseException:  # no worker: this side's ends are not kept either
-                    os.close(down_w)
-                    os.close(up_r)
+                except BaseException:
+                    for fd in opened:
+                        os.close(fd)
                     raise
-                finally:  # the worker's ends: it has its own copies now (or there is no worker)
-                    os.close(down_r)
-                    os.close(up_w)
+                os.close(down_r)  # the worker's ends: it has its own copies now
+                os.close(up_w)
                 self.procs.append(proc)
                 self.conns.append((Connection(up_r, writable=False), Connection(down_w, readable=False)))
             for rank, (up, _) in enumerate(self.conns, 1):

@@ -79,6 +79,9 @@ ARCHITECTURES = {
                                       ("mixer_b32_224", 32, 768, 12), ("mixer_b16_224", 16, 768, 12),
                                       ("mixer_l32_224", 32, 1024, 24), ("mixer_l16_224", 16, 1024, 24)]
 }
+# The most classes a head may have (load_model's num_classes, random-checkpoint --num-classes): generous (ImageNet-21k
+# has 21,843), and it bounds the head [K, C] before it is allocated: 1,000,000 x 1024 float32 is 4 GB for l16.
+MAX_NUM_CLASSES = 1_000_000
 
 
 def _block_shapes(c):
@@ -121,9 +124,12 @@ def _name(key, limit=80):
     return text if len(text) <= limit else text[:limit] + f"... ({len(key):,} characters)"
 
 
+_TRANSPOSED = "; is it transposed? timm stores a Linear weight as (out, in)"
+
+
 def _transposed(shape, want):
     """A hint for a 2-D weight stored (in, out) instead of timm's (out, in)."""
-    return "; is it transposed? timm stores a Linear weight as (out, in)" if len(shape) == 2 and shape[::-1] == want else ""
+    return _TRANSPOSED if len(shape) == 2 and shape[::-1] == want else ""
 
 
 def infer_config(state_dict, source="checkpoint"):
@@ -163,14 +169,14 @@ def infer_config(state_dict, source="checkpoint"):
     bias = state_dict.get("blocks.0.mlp_tokens.fc1.bias")
     if bias is not None and tuple(bias.shape) == (num_patches,) != (tokens_dim,):  # its bias says (out,) = (N,)
         raise MixerError(f"{source}: 'blocks.0.mlp_tokens.fc1.weight' has shape {(tokens_dim, num_patches)} and its "
-                         f"bias {(num_patches,)}; is it transposed? timm stores a Linear weight as (out, in)")
+                         f"bias {(num_patches,)}{_TRANSPOSED}")
     channels = matrix("blocks.0.mlp_channels.fc1.weight")
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
         square = math.isqrt(tokens_dim) ** 2 == tokens_dim
         raise MixerError(f"{source}: 'blocks.0.mlp_tokens.fc1.weight' has shape {(tokens_dim, num_patches)}: it mixes "
                          f"{num_patches} tokens, which is not a square grid of patches"
-                         + ("; is it transposed? timm stores a Linear weight as (out, in)" if square else ""))
+                         + (_TRANSPOSED if square else ""))
     if channels[1] != embed_dim:
         raise MixerError(f"{source}: 'blocks.0.mlp_channels.fc1.weight' has shape {channels}, expected (hidden, "
                          f"{embed_dim}) for width {embed_dim}" + _transposed(channels, (channels[1], embed_dim)))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from numpy_mixer import MixerError, load_labels, load_model, predict
+from numpy_mixer.predict import classify_each
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 from numpy_mixer.weights import ARCHITECTURES
 
@@ -557,7 +558,7 @@ def test_any_bad_command_line_is_one_line_that_points_to_the_commands_help(argv)
 
 def test_random_checkpoint_bounds_the_head_before_allocating_it(tmp_path, monkeypatch):
     from numpy_mixer import checkpoint
-    from numpy_mixer.checkpoint import MAX_NUM_CLASSES
+    from numpy_mixer.weights import MAX_NUM_CLASSES
 
     assert MAX_NUM_CLASSES >= 21843  # ImageNet-21k's head fits
     out = tmp_path / "big.safetensors"
@@ -631,3 +632,27 @@ def test_closed_standard_streams_are_an_error_or_ignored_never_a_traceback(photo
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
         with np.load(out) as f:
             assert f["embeddings"].shape == (1, 64)
+
+
+def test_an_image_whose_pass_overflows_is_reported_alone(tmp_path):
+    """Finite weights so large that a bright image overflows float32 and a grey one does not: predict and
+    embed report the bright one and go on with the others; model(x) on the batch is one line."""
+    from numpy_mixer import MlpMixer, embed
+
+    state = random_state_dict(config_for("mixer_s32_224", depth=1, num_classes=3))
+    state["stem.proj.weight"][:] = 1e33  # bright: 3e36 per channel, whose LayerNorm sum overflows; grey: 1e34
+    state["stem.proj.bias"][:] = 0
+    model = MlpMixer(state)
+    grey, bright = np.full((64, 64, 3), 128, np.uint8), np.full((64, 64, 3), 255, np.uint8)
+    results = [r for _, r in classify_each([grey, bright, grey], model=model, batch_size=3)]
+    assert isinstance(results[0], list) and isinstance(results[2], list) and results[0] == results[2]
+    assert isinstance(results[1], MixerError) and "non-finite logits" in str(results[1])
+    paths = []
+    for name, img in (("grey.png", grey), ("bright.png", bright), ("grey2.png", grey)):
+        Image.fromarray(img).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    result = embed(paths, model=model, batch_size=3)
+    assert list(result["paths"]) == [paths[0], paths[2]] and list(result["failed"]) == [paths[1]]
+    assert "non-finite embeddings" in result["failed_reasons"][0] and np.isfinite(result["embeddings"]).all()
+    with pytest.raises(MixerError, match="the forward pass overflowed float32"):
+        model(np.stack([model.preprocess(img) for img in (grey, bright)]))

@@ -84,17 +84,17 @@ class Interrupt(Exception):
 
 
 def counting(model, fail_after=None):
-    """Wrap model.forward_features: count the images it sees; raise Interrupt after fail_after calls."""
+    """Wrap model.outputs_by_row (embed's pass): count the images it sees; raise Interrupt after fail_after calls."""
     seen = []
-    original = model.forward_features
+    original = model.outputs_by_row
 
-    def forward_features(x, **kwargs):
+    def outputs_by_row(x, **kwargs):
         if fail_after is not None and len(seen) >= fail_after:
             raise Interrupt
         seen.append(len(x))
         return original(x, **kwargs)
 
-    model.forward_features = forward_features
+    model.outputs_by_row = outputs_by_row
     return seen
 
 

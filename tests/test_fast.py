@@ -434,9 +434,11 @@ def test_benchmark_profile(tmp_path):
     assert [(r["threads"], r["batch"]) for r in rows] == [(t, b) for t in (1, 2) for b in (1, 2)]
     assert [r["mode"] for r in rows] == ["one", "one"] + ["processes" if processes.supported() else "threads"] * 2
     for r in rows:
-        # the tasks hold nearly all of a pass, and they run about as fast as the same tasks alone (a
-        # factor of 2 off would be a mix-up of workers, phases or plans, not noise)
-        assert 0 < r["outside_s"] < 0.5 * r["wall_s"] and r["critical_s"] > 0.3 * r["wall_s"], r
+        # the tasks hold most of a pass, and they run about as fast as the same tasks alone (a factor of 2
+        # off would be a mix-up of workers, phases or plans, not noise). With 2 workers on a machine that
+        # something else keeps busy, a descheduled worker makes the others wait: sync, not critical, grows
+        busy = 0.3 if r["threads"] == 1 else 0.1
+        assert 0 < r["outside_s"] < 0.5 * r["wall_s"] and r["critical_s"] > busy * r["wall_s"], r
         assert 0.5 < r["contention"] < 1.8, r
         assert r["sync_s"] > -0.05 * r["wall_s"], r  # the longest worker's span holds the busiest phases
         if r["threads"] == 1:  # one worker: no one to wait for, nothing above the mean

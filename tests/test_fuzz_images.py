@@ -11,6 +11,7 @@ scaling to 8 bits (Pillow's own conversion clips it). Case counts scale with the
 import importlib
 import io
 import os
+import threading
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ import timm
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from skimage import data as skimage_data
 
 from numpy_mixer import preprocess
 from numpy_mixer.errors import MixerError
@@ -251,16 +253,20 @@ def test_reading_on_threads_is_reading_one_by_one_within_the_pixel_budget(tmp_pa
             assert isinstance(a, MixerError) and str(a) == str(b) and "\n" not in str(a)
         else:
             np.testing.assert_array_equal(a, b)
-    if len(sources) > 1:
+    files = [source for source in sources if isinstance(source, (str, os.PathLike))]
+    if len(files) > 1:  # files go to the threads, under one budget
         (recorded,) = budgets
         assert recorded.most <= budget and recorded.inner.used == 0
+    else:
+        assert budgets == []
 
 
 def test_the_pixel_budget_bounds_parallel_reads_and_lets_a_larger_image_through_alone(tmp_path, monkeypatch):
-    """100x100 images under a budget of 2.5 of them: two at a time, never three (held while read() sleeps);
-    a 200x200 image, over the whole budget, is read when it is the only one held."""
+    """100x100 images (10,000 pixels decoded + 256x256 resized) under a budget of 2.5 of them: two at a time,
+    never three (held while read() sleeps); a 600x600 image, over the whole budget, is read alone."""
+    each = 100 * 100 + 256 * 256
     paths = []
-    for i, side in enumerate([100] * 6 + [200] + [100] * 3):
+    for i, side in enumerate([100] * 6 + [600] + [100] * 3):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (side, side), (i * 20, 100, 50)).save(paths[-1])
     budgets = []
@@ -271,10 +277,32 @@ def test_the_pixel_budget_bounds_parallel_reads_and_lets_a_larger_image_through_
         time.sleep(0.05)  # the pixels stay held until read returns: reads overlap here if the budget lets them
         return x
 
-    out = PREPROCESS.read_all(paths, slow_read, 8, budget_pixels=25_000)
+    out = PREPROCESS.read_all(paths, slow_read, 8, budget_pixels=int(2.5 * each))
     assert all(isinstance(x, np.ndarray) for x in out)
     for x, path in zip(out, paths):
         np.testing.assert_array_equal(x, read_or_error(path))
     (recorded,) = budgets
-    assert recorded.most <= 25_000 and recorded.most_images == 2  # parallel, and bounded
+    assert recorded.most <= 2.5 * each and recorded.most_images == 2  # parallel, and bounded
     assert PREPROCESS.read_all(paths[:1], slow_read, 8, budget_pixels=1)[0].shape == (3, 224, 224)
+
+
+def test_in_memory_images_are_read_in_the_calling_thread(tmp_path):
+    """A lazily opened PIL image given several times shares one file handle: threads must not read it at
+    once (it gave wrong arrays and 'truncated' errors); files in the same batch still go to the threads."""
+    path = tmp_path / "chelsea.jpg"
+    Image.fromarray(skimage_data.chelsea()).save(path, quality=90)
+    files = [str(path)] * 4
+    for _ in range(5):
+        lazy = Image.open(path)
+        batch = [lazy, files[0], lazy, np.asarray(Image.open(path)), lazy, files[1]]
+        threads = []
+
+        def read(img):
+            threads.append((isinstance(img, str), threading.current_thread() is threading.main_thread()))
+            return read_or_error(img)
+
+        out = PREPROCESS.read_all(batch, read, 4)
+        want = read_or_error(str(path))
+        assert all(isinstance(x, np.ndarray) and np.array_equal(x, want) for x in out)
+        assert {main for is_file, main in threads if not is_file} == {True}  # PIL images and arrays: here
+        assert {main for is_file, main in threads if is_file} == {False}  # files: on the threads

@@ -100,22 +100,39 @@ def test_bad_inputs_raise_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("cfg, img_size, match", [
     ({"interpolation": "foo"}, 224, "interpolation 'foo'; expected one of bicubic"),
-    ({"crop_pct": 0}, 224, "crop_pct 0; expected a number from 0.1 to 1.0"),
+    ({"crop_pct": 0}, 224, "crop_pct 0; expected a number from 0.1 up"),
     ({"crop_pct": 1e-9}, 224, "crop_pct 1e-09"),  # was a nonsense aspect-ratio error about the image
-    ({"crop_pct": 5}, 224, "crop_pct 5"),
+    ({"crop_pct": float("inf")}, 224, "crop_pct inf"),
+    ({"crop_pct": 300}, 224, "crop_pct 300 would resize the image to 0 pixels"),
     ({"crop_pct": "0.9"}, 224, "crop_pct '0.9'"),
     ({"std": (0, 0, 0)}, 224, r"std \(0, 0, 0\); expected three numbers, one per RGB channel, above 0"),
     ({"std": (0.5, float("nan"), 0.5)}, 224, "std"),
     ({"mean": (0, 0)}, 224, r"mean \(0, 0\); expected three numbers"),
+    ({"mean": "abc"}, 224, "mean 'abc'; expected three numbers"),
     ({"input_size": 224}, 224, "input_size 224; expected"),
     ("abc", 224, "a dict .* or None, not str"),
     (None, 0, "img_size 0; expected a whole number of pixels above 0"),
     (None, 2.5, "img_size 2.5"),
 ])
 def test_bad_preprocessing_settings_are_one_line_errors_naming_them(cfg, img_size, match):
+    """(And only bad ones: see test_settings_timm_takes_are_taken.)"""
     with pytest.raises(MixerError, match=match) as info:
         preprocess(photo("chelsea"), cfg, img_size)
     assert "\n" not in str(info.value) and str(info.value).startswith("preprocess: ")
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(crop_pct=1.15, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3),  # past 1: a crop with padding
+    dict(crop_pct=np.float32(0.875), interpolation="bilinear", mean=np.array([0.485, 0.456, 0.406]),
+         std=[np.float32(0.229), 0.224, 0.225]),
+])
+def test_settings_timm_takes_are_taken(cfg):
+    """NumPy numbers and arrays, and crop_pct above 1, give timm's transform to the bit."""
+    img = photo("chelsea", (97, 333))
+    theirs = timm.data.create_transform(input_size=(3, 224, 224), is_training=False, **{
+        k: (tuple(float(v) for v in cfg[k]) if k in ("mean", "std") else cfg[k]) for k in cfg})
+    ours = preprocess(img, dict(cfg, input_size=(3, np.int64(224), 224)))
+    np.testing.assert_array_equal(ours, theirs(img).numpy())
 
 
 @settings(max_examples=settings().max_examples, deadline=None)

@@ -241,13 +241,28 @@ def test_workers_start_with_stdin_stdout_or_stderr_closed(closed):
 
 
 def test_a_worker_that_cannot_start_leaves_no_descriptor_open(monkeypatch):
-    """Popen failing (no memory, no such interpreter) is a clean error: the four pipe ends are closed."""
+    """Popen or the second pipe failing (no memory, no descriptors left) is a clean error: every pipe end
+    opened for that worker is closed."""
     def fails(*args, **kwargs):
         raise OSError(12, "Cannot allocate memory")
 
+    real_pipe, pipes = os.pipe, []
+
+    def second_pipe_fails():
+        pipes.append(1)
+        if len(pipes) == 2:
+            raise OSError(24, "Too many open files")
+        return real_pipe()
+
     processes.discard()
     before = set(os.listdir("/proc/self/fd"))
-    monkeypatch.setattr(processes.subprocess, "Popen", fails)
-    with pytest.raises(OSError, match="Cannot allocate memory"):
-        processes.Pool(3)
+    with monkeypatch.context() as patch:
+        patch.setattr(processes.subprocess, "Popen", fails)
+        with pytest.raises(OSError, match="Cannot allocate memory"):
+            processes.Pool(3)
+    assert set(os.listdir("/proc/self/fd")) == before
+    with monkeypatch.context() as patch:
+        patch.setattr(processes.os, "pipe", second_pipe_fails)
+        with pytest.raises(OSError, match="Too many open files"):
+            processes.Pool(3)
     assert set(os.listdir("/proc/self/fd")) == before
