@@ -63,7 +63,7 @@ def open_regular(path, what="file"):
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise MixerError(f"{path}: no such file") from None
+        raise MixerError(f"{path}: no such file - check the path") from None
     except IsADirectoryError:
         raise MixerError(f"{path}: is a directory, not {_a(what)}") from None
     except PermissionError:

@@ -67,7 +67,7 @@ def _open_file(path, check_size=None, data=None):
         except UnidentifiedImageError:
             hint = "" if data is None else (f" ({len(data):,} bytes, starting {data[:16]!r}) - check that the URL "
                                             "points at the image itself, not a web page")
-            raise MixerError(f"{path}: not an image Pillow can read{hint}") from None
+            raise MixerError(f"{path}: not an image Pillow can read{hint or ' - check the file'}") from None
         except Image.DecompressionBombError:
             raise MixerError(f"{path}: declares more than twice {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's "
                              "decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); raise it if you trust "

@@ -541,3 +541,13 @@ print("rename ok")
     assert first == (f"{path}: the checkpoint was changed on disk after it was loaded (it is memory-mapped, so "
                      "its weights would change too); load the model again")
     assert second == "rename ok"
+
+
+def test_a_link_that_leads_nowhere_is_named_as_such_not_as_an_unknown_model(tmp_path):
+    loop, dangling = tmp_path / "loop.safetensors", tmp_path / "gone"
+    os.symlink(loop, loop)
+    os.symlink(tmp_path / "nowhere.safetensors", dangling)
+    for path, match in ((loop, "symbolic link loop"), (dangling, "no such file - check the path")):
+        with pytest.raises(MixerError, match=match) as info:
+            load_model(path)
+        assert "unknown model" not in str(info.value) and "\n" not in str(info.value)
