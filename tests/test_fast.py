@@ -303,6 +303,7 @@ def test_fast_gelu_is_as_accurate_as_the_readable_one():
     readable_err = np.abs(layers.gelu(x) - exact)
     bound = 2.5e-7 * np.maximum(1, np.abs(x64))  # about the float32 rounding of x itself
     assert np.all(readable_err <= bound)
+    bound = 2e-7 * np.maximum(1, np.abs(x64))  # fast.py says 1.6e-7, measured here; NumPy's exp varies by CPU
     worst = np.argmax(err / bound)
     assert np.all(err <= bound), f"GELU error {err[worst]:.3g} at x = {x[worst]}"
     assert np.isnan(fast.gelu_(np.float32([np.nan]), fast._Scratch()))[0]
@@ -315,8 +316,8 @@ def test_fast_gelu_matches_torch():
     got = fast.gelu_(x.copy(), fast._Scratch())
     want = torch.nn.functional.gelu(torch.from_numpy(x.astype(np.float64))).numpy()
     assert got.dtype == np.float32
-    # within 3e-7 relative to |x| (2.5 float32 steps of GELU(x) ~ x/2 near 0), 2.5e-7 x max(1, |x|) further out
-    assert np.all(np.abs(got - want) <= np.minimum(3e-7 * np.abs(x), 2.5e-7 * np.maximum(1, np.abs(x))) + 1e-37)
+    # within 2.5e-7 relative to |x| (2 float32 steps of GELU(x) ~ x/2 near 0), 2e-7 x max(1, |x|) further out
+    assert np.all(np.abs(got - want) <= np.minimum(2.5e-7 * np.abs(x), 2e-7 * np.maximum(1, np.abs(x))) + 1e-37)
     twin = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()  # torch's own float32 GELU
     moderate = np.abs(x) <= 60
     assert np.all(np.abs(got - twin)[moderate] <= 1e-6 * np.maximum(1, np.abs(x[moderate])))

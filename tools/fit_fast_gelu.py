@@ -1,27 +1,27 @@
 """Fit the coefficients of numpy_mixer.fast's GELU and print them.
 
-The fast path computes GELU in one branch-free form (erf is odd, so x Phi(x) = relu(x) - |x| Phi(-|x|)):
+The fast path computes GELU in one branch-free form, a logistic function of a polynomial:
 
-    GELU(x) = relu(x) - |x| exp(-x^2/2) r(w),   w = 1 / (S + |x|),   r(w) ~ erfcx(|x| / sqrt 2) / 2
+    GELU(x) = x Phi(x) = x / (1 + exp(x q(x^2))),   q(x^2) ~ log(Phi(-x) / Phi(x)) / x
 
-with erfcx(u) = exp(u^2) erfc(u), which in the variable w is nearly a low polynomial on all of
-[0, inf). The fit is a weighted minimax (Lawson's iteratively reweighted least squares) of the GELU
-error |x| exp(-x^2/2) |r - erfcx/2| divided by min(1, |x|): relative to x below |x| = 1, absolute
-above. Coefficients are rounded to float32 one at a time, highest power first, refitting the rest
-after each. S is a choice, not a fitted value: `--scan` fits each S from 2.6 to 3.6 and prints the
-float32 error of the whole formula: 2.5e-7 to 2.7e-7 for S in 3.1-3.2, more on either side (up to
-4.4e-7); 3.15 is the middle of that flat minimum.
+The exact exponent log(Phi(-x) / Phi(x)) / x = -2 artanh(erf(x / sqrt 2)) / x is even and smooth: about
+-1.596 (= -2 sqrt(2 / pi)) at 0, growing like -x / 2 far out, where exp saturates to 0 or infinity and the
+error no longer depends on it. On |x| <= 6 a polynomial of degree 6 in x^2 holds it (degree 5 has the
+wrong sign past 6). The fit is a weighted minimax (Lawson's iteratively reweighted least squares) of the
+GELU error x^2 s (1 - s) |q - exact| (s the logistic value) divided by min(1, |x|): relative to x below
+|x| = 1, absolute above. Coefficients are rounded to float32 one at a time, highest power first,
+refitting the rest after each. The script then evaluates the whole formula in float32, pass by pass as
+fast.gelu_ does, and prints its error.
 
-    python tools/fit_fast_gelu.py            # the coefficients for S
-    python tools/fit_fast_gelu.py --scan     # the error for each S (about a minute)
+    python tools/fit_fast_gelu.py        # the coefficients, lowest power first, and the float32 error
 """
 import math
 import sys
 
 import numpy as np
 
-N_COEFS = 6
-S = 3.15  # w = 1 / (S + |x|): two passes (an add, a divide); chosen with --scan
+DEGREE = 6  # in x^2
+X_MAX = 6.0  # the fit's range of |x|: past it, exp(x q) is 0 or infinity in float32 whatever q is
 
 
 def fit(V, f, weight, fixed, iterations=200):
@@ -42,47 +42,44 @@ def fit(V, f, weight, fixed, iterations=200):
     return coefs, error.max()
 
 
-def coefficients(s):
-    """(float32 coefficients of r, lowest power first; weighted fit error) for w = 1 / (s + |x|)."""
-    a = np.linspace(0, 12, 40001)  # |x|; past 12 the correction is far below float32 resolution
-    u = a / math.sqrt(2)
-    half_erfcx = np.array([math.erfc(v) * math.exp(v * v) / 2 for v in u])
-    V = np.vander(1 / (s + a), N_COEFS, increasing=True)
-    weight = np.maximum(a, 1) * np.exp(-a * a / 2) + 1e-9  # (GELU error / min(1, |x|)) / (error of r)
-    coefs, error = fit(V, half_erfcx, weight, {})
+def coefficients():
+    """(float32 coefficients of q, lowest power of x^2 first; weighted fit error)."""
+    x = np.linspace(1e-4, X_MAX, 60001)
+    tail = np.frompyfunc(lambda v: math.erfc(v / math.sqrt(2)) / 2, 1, 1)(x).astype(np.float64)  # Phi(-x)
+    exact = np.log(tail / (1 - tail)) / x
+    s = 1 - tail
+    weight = x * x * s * (1 - s) / np.minimum(1, x) + 1e-12
+    V = np.vander(x * x, DEGREE + 1, increasing=True)
+    coefs, error = fit(V, exact, weight, {})
     fixed = {}
-    for k in range(N_COEFS - 1, -1, -1):  # round to float32 from the highest power down, refitting the rest
+    for k in range(DEGREE, -1, -1):  # round to float32 from the highest power down, refitting the rest
         fixed[k] = float(np.float32(coefs[k]))
-        if len(fixed) < N_COEFS:
-            coefs, error = fit(V, half_erfcx, weight, fixed)
-    return [fixed[k] for k in range(N_COEFS)], error
+        if len(fixed) <= DEGREE:
+            coefs, error = fit(V, exact, weight, fixed)
+    return [fixed[k] for k in range(DEGREE + 1)], error
 
 
-def float32_error(s, coefs):
-    """max |GELU error| / min(1, |x|) of the whole formula evaluated in float32, as numpy_mixer.fast does."""
-    x = np.concatenate([np.linspace(-10, 10, 400_000), np.geomspace(1e-6, 10, 200_000)]).astype(np.float32)  # no 0
-    a = np.abs(x)
-    e = np.exp(a * a * np.float32(-0.5))
-    w = np.float32(1) / (a + np.float32(s))
-    r = np.zeros_like(x)
-    for c in coefs[::-1]:
-        r = r * w + np.float32(c)
-    got = np.maximum(x, np.float32(0)) - r * e * a
-    x64 = x.astype(np.float64)
-    exact = x64 * 0.5 * (1 + np.frompyfunc(math.erf, 1, 1)(x64 / math.sqrt(2)).astype(np.float64))
-    return float((np.abs(got - exact) / np.minimum(1, np.abs(x64))).max())
+def float32_gelu(x, coefs):
+    """The formula in float32, in fast.gelu_'s order of operations."""
+    q = [np.float32(c) for c in coefs]
+    u = x * x
+    r = u * q[-1] + q[-2]
+    for c in q[-3::-1]:
+        r = r * u + c
+    with np.errstate(over="ignore"):
+        return x / (np.exp(r * x) + np.float32(1))
 
 
 def main(argv):
-    if "--scan" in argv:
-        for s in np.arange(2.6, 3.61, 0.05):
-            coefs, _ = coefficients(s)
-            print(f"S = {s:.2f}: max |GELU error| / min(1, |x|) in float32 = {float32_error(s, coefs):.3g}")
-        return
-    coefs, error = coefficients(S)
-    print(f"weighted fit error (float64 evaluation) {error:.3g}; float32 error {float32_error(S, coefs):.3g}")
-    print(f"S = {np.float32(S)!r}")
-    print("_GELU_R =", coefs)
+    coefs, error = coefficients()
+    x = np.concatenate([np.linspace(-10, 10, 400_000), np.geomspace(1e-6, 10, 200_000),
+                        -np.geomspace(1e-6, 10, 200_000)]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = x64 * 0.5 * (1 + np.frompyfunc(math.erf, 1, 1)(x64 / math.sqrt(2)).astype(np.float64))
+    err = np.abs(float32_gelu(x, coefs) - exact)
+    print(f"weighted fit error (float64) {error:.3g}; float32 GELU error: {(err / np.maximum(1, np.abs(x64))).max():.3g}"
+          f" x max(1, |x|), {(err / np.abs(x64))[np.abs(x) < 0.8].max():.3g} x |x| below 0.8")
+    print("_GELU_Q =", coefs)
 
 
 if __name__ == "__main__":
