@@ -241,10 +241,13 @@ def positive_ints(spec, option):
 
 
 def thread_counts(spec):
-    """--threads "1,2,4" -> ([counts up to os.cpu_count()], [counts skipped])."""
+    """--threads "1,2,4" -> the counts up to os.cpu_count(); a note names the ones skipped."""
     counts = positive_ints(spec, "--threads")
     cores = os.cpu_count() or 1
-    return [t for t in counts if t <= cores], [t for t in counts if t > cores]
+    skipped = [t for t in counts if t > cores]
+    if skipped:
+        print(f"note: skipping --threads {','.join(map(str, skipped))}: this machine has {cores} cores")
+    return [t for t in counts if t <= cores]
 
 
 def time_frameworks(runners, batch_sizes, repeats, img_size, rng):
@@ -596,9 +599,7 @@ def main(argv=None):
         kernels(model, args.arch, batch_sizes, args.markdown, 1 if args.tiny else 7)
         return 0
     if args.profile:
-        counts, skipped = thread_counts(args.threads)
-        if skipped:
-            print(f"note: skipping --threads {','.join(map(str, skipped))}: this machine has {os.cpu_count()} cores")
+        counts = thread_counts(args.threads)
         if not counts:
             return 0
         results = profile_table(model, args.arch, batch_sizes, counts, 1 if args.tiny else args.repeats,
@@ -618,9 +619,7 @@ def main(argv=None):
                 json.dump(results, f, indent=1)
         return 0
 
-    counts, skipped = thread_counts(args.threads)
-    if skipped:
-        print(f"note: skipping --threads {','.join(map(str, skipped))}: this machine has {os.cpu_count()} cores")
+    counts = thread_counts(args.threads)
     if not counts:
         return 0
     flops = model_flops(config)

@@ -89,7 +89,7 @@ _run_lock = threading.Lock()
 # tools/fit_fast_gelu.py. Past 6, exp(x q) is 0 or infinity: GELU(x) = x, or -0. The error is at most
 # 1.6e-7 max(1, |x|) (layers.gelu's bound is 2.5e-7, about the float32 rounding of x itself) and near 0
 # 1.7e-7 |x| (tests/test_fast.py), in 17 in-place passes where layers.gelu takes ~60 (and the form before,
-# relu(x) - |x| exp(-x^2/2) r(1/(3.15 + |x|)), took 20 passes and four work buffers: this one is 25% faster).
+# relu(x) - |x| exp(-x^2/2) r(1/(3.15 + |x|)), took 20 passes and five work buffers: this one is 25% faster).
 _GELU_Q = [np.float32(c) for c in (-1.595768928527832, -0.07266782224178314, 6.590939301531762e-05,
                                    0.00011055591312469915, -7.946229743538424e-06, 2.672939274361852e-07,
                                    -3.6187310925583915e-09)]
