@@ -51,6 +51,10 @@ MAX_RESIZED_PIXELS = 1 << 24
 _warnings_lock = threading.Lock()  # warnings.catch_warnings changes global state: one thread at a time
 
 
+def _unreadable(path, error):
+    return MixerError(f"{path}: cannot read the image ({first_line(error)}) - check the file, or save it again")
+
+
 def _open_file(path, check_size=None, data=None):
     """An image file -> an RGB PIL image, or a MixerError naming the file; check_size(w, h) before decoding.
 
@@ -73,7 +77,7 @@ def _open_file(path, check_size=None, data=None):
                              "decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); raise it if you trust "
                              "the file") from None
         except _DECODE_ERRORS as e:
-            raise MixerError(f"{path}: cannot read the image ({first_line(e)})") from None
+            raise _unreadable(path, e) from None
         with opened:
             w, h = opened.size
             if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
@@ -87,7 +91,7 @@ def _open_file(path, check_size=None, data=None):
                 opened.load()
                 return _checked_rgb(opened, path)
             except _DECODE_ERRORS as e:  # truncated or corrupt image data
-                raise MixerError(f"{path}: cannot read the image ({first_line(e)})") from None
+                raise _unreadable(path, e) from None
 
 
 # --- reading many images at once ------------------------------------------------------------------------
