@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: bash benchmarks/manycore.sh OUT_FOLDER [THREADS] [SECONDS]}
 threads=${2:-16,4}
 budget=${3:-540}
+[[ $threads =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "manycore.sh: THREADS is a list like 16,4, got '$threads'" >&2; exit 2; }
+[[ $budget =~ ^[0-9]+$ ]] || { echo "manycore.sh: SECONDS is a whole number of seconds, got '$budget'" >&2; exit 2; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
