@@ -166,10 +166,15 @@ def stop_when_the_reader_goes():
     threading.Thread(target=wait, daemon=True, name="numpy-mixer-stdout").start()
 
 
+def message_line(kind, message, stream):
+    """`numpy-mixer: <kind>: <message>` (kind: error or note), on one line and as stream can print it."""
+    return printable(one_line(f"{PROG}: {kind}: {message}"), stream)
+
+
 def say(kind, message):
-    """`numpy-mixer: <kind>: <message>` on stderr (kind: error or note)."""
+    """`numpy-mixer: <kind>: <message>` on stderr (message_line), if stderr is still there."""
     try:
-        print(printable(one_line(f"{PROG}: {kind}: {message}"), sys.stderr), file=sys.stderr, flush=True)
+        print(message_line(kind, message, sys.stderr), file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr is gone: nowhere left to say it
         pass
 

@@ -92,11 +92,10 @@ def embed_batch(model, paths, errors=None):
     errors: {path: MixerError} already known (collect_images), reported without reading the path.
     """
     from .fast import num_workers
-    from .predict import _read
-    from .preprocess import read_all
+    from .preprocess import read_all, read_or_error
 
     inputs, ok, failed = [], [], []
-    for i, result in enumerate(read_all(paths, lambda path: _read(model, path, errors), num_workers())):
+    for i, result in enumerate(read_all(paths, lambda path: read_or_error(model, path, errors), num_workers())):
         if isinstance(result, MixerError):  # unreadable: skipped and reported, the run goes on
             failed.append((i, str(result)))
         else:
@@ -215,12 +214,14 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
     done_images = len(paths) - sum(stop - start for _, (start, stop) in todo)
     from tqdm.auto import tqdm
 
+    from .cli import message_line
+
     with tqdm(total=len(paths), initial=done_images, unit="img", desc="embed", file=sys.stderr,
               disable=not progress) as bar:
         for k, (start, stop) in todo:
             ok, features, failed = embed_batch(model, paths[start:stop], errors)
-            for _, reason in failed:
-                bar.write(f"numpy-mixer embed: skipped {reason}", file=sys.stderr)
+            for _, reason in failed:  # each as predict reports it (through the bar, which stays whole)
+                bar.write(message_line("error", reason, sys.stderr), file=sys.stderr)
             _save_atomic(os.path.join(partial, _chunk_name(k)), index=ok + start, embeddings=features,
                          failed=np.asarray([start + i for i, _ in failed], np.int64),
                          reasons=np.asarray([r for _, r in failed], dtype=str))
@@ -350,6 +351,8 @@ def add_cli_parser(sub):
 
 
 def run_cli(args):
+    from .cli import say
+
     if args.batch_size < 1:
         raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.weights:  # as predict's (cli.check_weights_file)
@@ -361,8 +364,8 @@ def run_cli(args):
                                 batch_size=args.batch_size, resume=args.resume, progress=progress)
     except KeyboardInterrupt:
         if os.path.isdir(args.out + ".partial"):
-            print(f"numpy-mixer embed: interrupted; the finished batches are in {args.out}.partial/, "
-                  "the same command with --resume continues", file=sys.stderr)
+            say("note", f"interrupted; the finished batches are in {args.out}.partial/, the same command with "
+                        "--resume continues")
         raise
     n, m, c = summary["count"], summary["failed"], summary["num_features"]
     print(f"{args.out}: embeddings [{n}, {c}] float32, paths [{n}]" + (f"; {m} skipped, listed in failed" if m else ""),

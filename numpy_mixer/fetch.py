@@ -9,12 +9,14 @@ Only the standard library (urllib): the bytes are read in chunks and the downloa
 so a huge or endless response costs at most that much memory. urlopen's timeout bounds each socket
 operation only (a server that sends a byte every few seconds never trips it), so every read from the
 server (status line, headers, body, redirects included) also waits no later than a deadline DEADLINE_S
-after the fetch began.
+after the fetch began. So does each host's DNS lookup, which has no timeout at all (socket.getaddrinfo):
+it runs on a thread of its own, left behind if the resolver has not answered by the deadline.
 """
 import functools
 import http.client
 import io
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -51,6 +53,9 @@ def fetch(url, timeout=TIMEOUT_S, max_bytes=MAX_BYTES):
                 chunks.append(chunk)
             if expected is not None and size < expected:  # http.client reads a cut-off body as the end
                 raise _cut_short(url, f"{size:,} of the {expected:,} bytes announced")
+    except _LookupPastDeadline as e:
+        raise MixerError(f"{url}: the DNS lookup of {e.host} had no answer within the download's {deadline_s:g} s "
+                         "- check the network and its DNS settings, or download the image and pass the file") from None
     except _PastDeadline:
         raise MixerError(f"{url}: the download took longer than {deadline_s:g} s (too slow a server or network) "
                          "- try again later, or download the image and pass the file") from None
@@ -99,6 +104,14 @@ class _PastDeadline(Exception):
     """The fetch's deadline passed while waiting for the server (not an OSError: nothing wraps it)."""
 
 
+class _LookupPastDeadline(_PastDeadline):
+    """The fetch's deadline passed while waiting for the DNS lookup of host."""
+
+    def __init__(self, host):
+        super().__init__(host)
+        self.host = host
+
+
 def _opener(deadline):
     """urlopen's handlers for http and https, redirects and proxies included, each read bounded by the
     deadline; no ftp:, file: or data: (a redirect there is 'unknown url type')."""
@@ -134,14 +147,57 @@ if hasattr(urllib.request, "HTTPSHandler"):
 
 
 def _connection(http_class, deadline, host, **kwargs):
-    """An http.client connection whose responses (and proxy tunnels) read through _DeadlineReader; none
-    is opened past the deadline (a redirect, say)."""
+    """An http.client connection whose address lookup (_connect) and responses (and proxy tunnels, read
+    through _DeadlineReader) end by the deadline; none is opened past it (a redirect, say)."""
     if time.monotonic() >= deadline:
         raise _PastDeadline()
     connection = http_class(host, **kwargs)
+    # http.client's own hook for making the socket (socket.create_connection); the Host header and the
+    # TLS server name still come from connection.host, the name, not the address it resolved to
+    connection._create_connection = functools.partial(_connect, deadline)
     connection.response_class = functools.partial(_DeadlineResponse, deadline=deadline,
                                                   timeout=connection.timeout)
     return connection
+
+
+def _connect(deadline, address, timeout, source_address=None):
+    """socket.create_connection(address, timeout, source_address), with the lookup of the host ending by
+    the deadline (_lookup); each address it gives is tried in turn, the last one's error raised."""
+    host, port = address
+    error = OSError(f"no address for {host}")
+    for family, kind, proto, _, sockaddr in _lookup(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error
+
+
+def _lookup(host, port, deadline):
+    """socket.getaddrinfo(host, port) for TCP, waited for until the deadline: the resolver has no timeout
+    we can set, so it runs on a daemon thread, left behind if it has not answered by then."""
+    answer = []
+
+    def look_up():
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except Exception as e:  # socket.gaierror (no such host, offline), UnicodeError (a bad name): raised below
+            answer.append(e)
+
+    thread = threading.Thread(target=look_up, name="numpy-mixer-dns", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if not answer:
+        raise _LookupPastDeadline(host)
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    return answer[0]
 
 
 class _DeadlineResponse(http.client.HTTPResponse):

@@ -4,12 +4,11 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 
 from .errors import MixerError, positive_int
 from .labels import load_labels
 from .model import MlpMixer, load_model
-from .preprocess import read_all
+from .preprocess import image_name, read_all, read_or_error
 from .weights import DEFAULT_MODEL
 
 _DEFAULT = {}
@@ -65,11 +64,6 @@ def iter_predict(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pro
         yield [(label, prob) for _, label, prob in result]
 
 
-# what reading an untrusted image can raise besides MixerError: Pillow's bomb guard is not an OSError,
-# and some of its decoders raise ValueError (e.g. "Decompressed Data Too Large" in a PNG text chunk)
-_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
-
-
 def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, progress=False):
     """(image, result) for each image, in order, as soon as its batch is done.
 
@@ -94,7 +88,7 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            results = read_all(batch, lambda img: _read(model, img), num_workers())  # [3, H, W] or MixerErrors
+            results = read_all(batch, lambda img: read_or_error(model, img), num_workers())  # [3, H, W] or MixerErrors
             good = [i for i, r in enumerate(results) if not isinstance(r, MixerError)]
             if good:
                 with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
@@ -102,7 +96,7 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
                     probs = softmax(logits)
                 for i, z, p in zip(good, logits, probs):
                     if not np.all(np.isfinite(z)):
-                        results[i] = MixerError(f"{_name(batch[i])}: the model gave non-finite logits "
+                        results[i] = MixerError(f"{image_name(batch[i])}: the model gave non-finite logits "
                                                 f"(NaN or Inf) - check the checkpoint's weights and the image")
                         continue
                     top = np.argsort(-p, kind="stable")[:k]
@@ -115,25 +109,6 @@ def classify_each(images, top_k=5, model=None, batch_size=DEFAULT_BATCH_SIZE, pr
     finally:
         if bar is not None:
             bar.close()
-
-
-def _read(model, img, known=None):
-    """model.preprocess(img), or a MixerError naming the image. known: {path: MixerError} found before."""
-    if known and isinstance(img, (str, os.PathLike)) and img in known:
-        return known[img]
-    try:
-        return model.preprocess(img)
-    except MixerError as e:
-        return e
-    except _IMAGE_ERRORS as e:
-        return MixerError(f"{_name(img)}: cannot read the image ({type(e).__name__}: {e}) - check the file")
-
-
-def _name(img):
-    """How an image is named in an error: its path or URL, else its type."""
-    if isinstance(img, (str, os.PathLike)):
-        return os.fspath(img)
-    return f"a {type(img).__name__}"
 
 
 def _check_numbers(top_k, batch_size):

@@ -158,6 +158,34 @@ def read_all(images, read, workers, budget_pixels=None):
     return results
 
 
+# what reading an untrusted image can raise besides MixerError: Pillow's bomb guard is not an OSError,
+# and some of its decoders raise ValueError (e.g. "Decompressed Data Too Large" in a PNG text chunk)
+_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def read_or_error(model, img, known=None):
+    """model.preprocess(img), or the MixerError that names the image: read_all's read for predict and embed.
+
+    -> [3, S, S] float32 or a MixerError. known: {path: MixerError} found before (a missing file), returned
+    without reading the path.
+    """
+    if known and isinstance(img, (str, os.PathLike)) and img in known:
+        return known[img]
+    try:
+        return model.preprocess(img)
+    except MixerError as e:
+        return e
+    except _IMAGE_ERRORS as e:
+        return MixerError(f"{image_name(img)}: cannot read the image ({type(e).__name__}: {e}) - check the file")
+
+
+def image_name(img):
+    """How an image is named in an error: its path or URL, else its type."""
+    if isinstance(img, (str, os.PathLike)):
+        return os.fspath(img)
+    return f"a {type(img).__name__}"
+
+
 def _checked_rgb(img, name):
     if img.width == 0 or img.height == 0:
         raise MixerError(f"{name}: the image is {img.width}x{img.height}, it has no pixels")

@@ -186,7 +186,10 @@ def test_command_line(tmp_path, digits_model):
                           "--model", "digits", "--batch-size", "5", "--progress", "on"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr  # every readable image embedded; the skipped one makes the exit non-zero
-    assert "skipped" in run.stderr and "broken.jpg" in run.stderr and "13/13" in run.stderr
+    skipped = [line for line in run.stderr.splitlines() if "broken.jpg" in line]  # splitlines: the bar's \r too
+    assert skipped == [f"numpy-mixer: error: {tmp_path / 'imgs' / 'broken.jpg'}: not an image Pillow can read - "
+                       "check the file"], run.stderr  # as predict reports it
+    assert "13/13" in run.stderr
     assert f"{out}: embeddings [12, 64] float32, paths [12]; 1 skipped" in run.stderr
     with np.load(out) as f:
         assert sorted(f.files) == ["embeddings", "failed", "failed_reasons", "paths"]
@@ -195,6 +198,28 @@ def test_command_line(tmp_path, digits_model):
     again = subprocess.run([sys.executable, "-m", "numpy_mixer", "embed", str(tmp_path / "nowhere"), "--out", str(out),
                             "--model", "digits"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "nowhere" in again.stderr
+
+
+def test_an_interrupted_command_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """^C during a run: one note in the house format (numpy-mixer: note: ...), and exit status 130."""
+    from numpy_mixer import cli
+
+    paths = write_crops(tmp_path / "imgs", 10)
+    out = tmp_path / "e.npz"
+    embed_batch, done = embed_module.embed_batch, []
+
+    def interrupted(*args, **kwargs):  # ^C during the second batch
+        if done:
+            raise KeyboardInterrupt
+        done.append(embed_batch(*args, **kwargs))
+        return done[-1]
+
+    monkeypatch.setattr(embed_module, "embed_batch", interrupted)
+    status = cli.main(["embed", *paths, "--out", str(out), "--model", "digits", "--batch-size", "8",
+                       "--progress", "off"])
+    assert status == 130 and len(list(Path(f"{out}.partial").glob("batch-*.npz"))) == 1
+    assert capsys.readouterr().err == (f"numpy-mixer: note: interrupted; the finished batches are in {out}.partial/, "
+                                       "the same command with --resume continues\n")
 
 
 def test_inputs_are_listed_as_predict_lists_them_and_a_missing_one_is_skipped(tmp_path, digits_model):

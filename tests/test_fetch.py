@@ -1,10 +1,12 @@
 """Images by URL (numpy_mixer.fetch) from hostile servers: a trickle, a malformed or cut-off response, an odd
-URL. Each ends in one line naming the URL, within the deadline, never a hang or an http.client traceback."""
+URL, a DNS resolver that never answers. Each ends in one line naming the URL, within the deadline, never a hang
+or an http.client traceback."""
 import contextlib
 import itertools
 import socket
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -16,9 +18,9 @@ TRICKLE_S = 10  # a trickling server gives up after this long: without the deadl
 
 
 @contextlib.contextmanager
-def raw_server(answer):
-    """A server on 127.0.0.1 (threads) that reads each request, then calls answer(connection, stop) and
-    closes the connection; stop is set when the test ends. Yields a URL on it."""
+def raw_server(answer, requests=None):
+    """A server on 127.0.0.1 (threads) that reads each request (appended to requests, if given), then calls
+    answer(connection, stop) and closes the connection; stop is set when the test ends. Yields a URL on it."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -30,6 +32,8 @@ def raw_server(answer):
                 if not data:
                     return
                 request += data
+            if requests is not None:
+                requests.append(request)
             try:
                 answer(connection, stop)
             except OSError:  # the client gave up
@@ -157,3 +161,67 @@ def test_a_whole_response_still_comes_whole():
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     with raw_server(sends(chunked)) as url:
         assert fetch(url) == b"hello world"
+
+
+# --- the DNS lookup: socket.getaddrinfo has no timeout of its own ---------------------------------------------
+
+def resolver(monkeypatch, names):
+    """socket.getaddrinfo with a stand-in resolver for the hosts in names: names[host]() gives the address
+    to look up instead (127.0.0.1), or raises as a failed lookup does. Other hosts are looked up as usual."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real(names[host]() if host in names else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_dns_lookup_that_hangs_stops_at_the_deadline(monkeypatch):
+    """A resolver that never answers is left behind at the deadline; one that fails says so, as before."""
+    monkeypatch.setattr(fetch_module, "DEADLINE_S", 1.0)
+    release = threading.Event()
+
+    def hangs():
+        release.wait(TRICKLE_S)  # without the deadline the test fails after this, not hangs
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    def no_such_host():
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    resolver(monkeypatch, {"hangs.invalid": hangs, "nowhere.invalid": no_such_host})
+    try:
+        message = one_line_error("http://hangs.invalid/image.png", seconds=4)
+    finally:
+        release.set()  # the resolver's thread, left behind, ends too
+    assert "the DNS lookup of hangs.invalid had no answer within the download's 1 s" in message, message
+    assert "Name or service not known; offline?" in one_line_error("http://nowhere.invalid/image.png", seconds=4)
+
+
+def test_a_host_name_is_looked_up_and_still_sent_as_the_host(monkeypatch):
+    """The connection goes to the address the name resolves to; the Host header names the host, not the address."""
+    resolver(monkeypatch, {"images.test": lambda: "127.0.0.1"})
+    body, requests = bytes(range(256)) * 100, []
+    with raw_server(sends(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body),
+                    requests) as url:
+        port = urllib.parse.urlsplit(url).port
+        assert fetch(f"http://images.test:{port}/image.png") == body
+    assert f"\r\nHost: images.test:{port}\r\n".encode() in requests[0], requests
+
+
+def test_https_still_sends_the_host_name_for_tls(monkeypatch):
+    """The TLS server name (SNI, in the ClientHello) is the URL's host, not the address it resolved to."""
+    resolver(monkeypatch, {"images.test": lambda: "127.0.0.1"})
+    hello = []
+
+    def serve(listener):
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(5)
+            hello.append(connection.recv(65536))  # then close: the handshake fails, one line
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        one_line_error(f"https://images.test:{listener.getsockname()[1]}/image.png", seconds=5)
+        thread.join(5)
+    assert hello and b"images.test" in hello[0], hello
