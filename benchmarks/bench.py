@@ -360,14 +360,15 @@ PHASE_KINDS = ("stem+norm", "token", "norm", "fc1", "fc2")
 def phase_model(model, arch, batch_sizes, workers, rng, markdown, repeats=3, mode="processes"):
     """Time every task of one forward pass on one thread, for the plan of each W; predict each W's
     makespan as the sum over phases of that phase's schedule plus the barriers:
-    - mode "processes" (worker processes, the default on x86-64): fixed shares (worker i runs tiles
-      i, i + W, ...: the phase ends with the busiest share), one flag-barrier round per barrier;
-    - mode "threads": a greedy schedule (tasks in hand-out order, each to the worker free first), at
-      least the phase's GIL-held Python time, plus W/2 two-thread barrier rounds per barrier."""
+    - both: a greedy schedule (tasks in hand-out order, each to the worker free first: the task queue);
+    - mode "processes" (worker processes, the default on x86-64): the plan of process_tasks_per_worker(),
+      one flag-barrier round per barrier;
+    - mode "threads": at least the phase's GIL-held Python time, plus W/2 two-thread barrier rounds per
+      barrier."""
     P = model.config.patch_size
     N, C, T, H = fast.model_shape(model.params, P, model.config.img_size)
     threads = mode == "threads"
-    per_worker = fast.TASKS_PER_WORKER if threads else fast.FIXED_TASKS_PER_WORKER
+    per_worker = fast.TASKS_PER_WORKER if threads else fast.process_tasks_per_worker()
     per_call = python_seconds_per_call() if threads else 0.0  # processes run their Python side by side
     per_barrier = barrier_seconds() if threads else flag_barrier_seconds()
     print(f"phase model of {arch} on worker {mode}: task times measured one at a time on "
@@ -391,7 +392,7 @@ def phase_model(model, arch, batch_sizes, workers, rng, markdown, repeats=3, mod
                 tiles = plan.phases(len(model.params["blocks"]))
                 by_kind = {k: [0.0, 0.0] for k in PHASE_KINDS}  # predicted seconds, of which GIL-bound
                 for (name, seconds), (_, phase_tiles) in zip(records[W], tiles):
-                    scheduled = fast.greedy_makespan(seconds, W) if threads else fast.fixed_makespan(seconds, W)
+                    scheduled = fast.greedy_makespan(seconds, W)
                     gil = per_call * sum(fast.numpy_calls(name, tile, plan.shape) for tile in phase_tiles)
                     by_kind[name][0] += max(scheduled, gil)
                     by_kind[name][1] += gil if gil > scheduled else 0.0
@@ -481,7 +482,7 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
     for W in counts:
         # what forward_features runs: worker processes (their plan) for W > 1 where supported, else threads
         mode = "one" if W == 1 else "processes" if processes.supported() else "threads"
-        per_worker = fast.FIXED_TASKS_PER_WORKER if mode == "processes" else fast.TASKS_PER_WORKER
+        per_worker = fast.process_tasks_per_worker() if mode == "processes" else fast.TASKS_PER_WORKER
         for B in batch_sizes:
             x = rng.standard_normal((B, 3, model.config.img_size, model.config.img_size), dtype=np.float32)
             with blas_threads(1):
@@ -577,8 +578,8 @@ def main(argv=None):
                         help="instead of timing frameworks: the model's matmuls and GELU on 1 thread, NumPy "
                              "against PyTorch")
     parser.add_argument("--phase-mode", choices=("processes", "threads"), default=None,
-                        help="model worker processes (fixed shares, flag barriers) or threads (a shared queue, "
-                             "the GIL); default: what numpy_mixer uses here")
+                        help="model worker processes (their plan, flag barriers) or threads (two tasks per "
+                             "worker, the GIL); default: what numpy_mixer uses here")
     parser.add_argument("--tiny", action="store_true", help="a 2-block mixer_s32_224, batches 1 and 2, 1 repeat (CI)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--compare-threads", action="store_true",

@@ -13,16 +13,16 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   and W-1 worker processes over shared memory (numpy_mixer.processes: threads would share one GIL, and
   on 16 cores that made the pass 2-5x slower); elsewhere, or with NUMPY_MIXER_WORKERS=threads, threads.
 - work sized from W and B (see Plan): the matmul phases have TASKS_PER_WORKER tasks per worker or
-  more at every batch size, batch 1 included (FIXED_TASKS_PER_WORKER on worker processes, whose
-  shares are fixed: no slack to gain, larger tiles), in task counts that fill whole rounds of W. The
+  more at every batch size, batch 1 included (on worker processes, process_tasks_per_worker(): one
+  round of the largest tiles where the cores are alike), in task counts that fill whole rounds of W. The
   channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
   a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
   also split by rows, in tiles at most square (taller ones ran faster) of at most TILE_ELEMS
   outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
   after another, so each weight is read from memory about once per band (once per block up to
   batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
-- tasks handed out as worker threads ask for them (worker processes take fixed shares: tiles i, i+W,
-  ...), so a slow or busy core holds up no thread; every value is
+- tasks handed out as the workers ask for them (a shared iterator for threads, a pipe for worker
+  processes: processes.TaskQueue), so a slow or busy core takes fewer; every value is
   computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
   dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result
   is the same bits for any W and however the tasks are shared (with threadpoolctl, which keeps BLAS
@@ -52,10 +52,14 @@ from . import layers, processes
 
 _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack for a busy core, few GIL rounds
-# ... and on worker processes, which take fixed shares (no slack to gain): one round of the largest tiles
-# (b16 at W = 16, batch 1: 22.6 ms per pass against 26.2 with 2 per worker, as the phase model predicts
-# from task times measured on 1 core)
-FIXED_TASKS_PER_WORKER = 1
+# ... and on worker processes where the cores are alike: one round of the largest tiles (b16 at W = 16, batch
+# 1: 22.6 ms per pass against 26.2 with 2 per worker, as the phase model predicts from task times measured on
+# 1 core; on 2 cores, side by side, 2 per worker ran 0.96x at batch 1, 0.99x at batch 8) ...
+PROCESS_TASKS_PER_WORKER = 1
+# ... and where they differ (processes.cores_differ: performance and efficiency cores), smaller tiles, so that
+# the fast cores take more of them. On 2 cores, one of them shared with a busy loop (a core at half speed), 2
+# per worker ran 1.21x one per worker at batch 1 and 1.27x at batch 8.
+UNEVEN_TASKS_PER_WORKER = 2
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
 TILE_ELEMS = 1 << 20  # outputs per matmul task at most (4 MB); measured on 1 core, 2^16-2^18 were 10-20% slower
@@ -303,7 +307,7 @@ class Plan:
 def plan(B, N, C, T, H, W, patch_inputs=768, tasks_per_worker=TASKS_PER_WORKER):
     """The Plan for batch B of a model with N tokens, C channels, T and H hidden widths, on W workers
     (patch_inputs: 3 P^2 values per patch, the stem's inner dimension), with at least tasks_per_worker
-    tasks per worker in the matmul phases (TASKS_PER_WORKER for threads, FIXED_TASKS_PER_WORKER for
+    tasks per worker in the matmul phases (TASKS_PER_WORKER for threads, process_tasks_per_worker() for
     worker processes)."""
     return Plan(B, N, C, T, H, W, patch_inputs, tasks_per_worker)
 
@@ -407,10 +411,22 @@ def _forward_features(x, params, patch_size, workers, times=None):
         return _forward(x, params, shapes(x, params, patch_size), W, W, None, times)
 
 
+def process_tasks_per_worker():
+    """Tasks per worker process in the matmul phases: UNEVEN_TASKS_PER_WORKER where this process's cores
+    differ in speed (processes.cores_differ, read once), else PROCESS_TASKS_PER_WORKER."""
+    global _uneven
+    if _uneven is None:
+        _uneven = processes.cores_differ()
+    return UNEVEN_TASKS_PER_WORKER if _uneven else PROCESS_TASKS_PER_WORKER
+
+
+_uneven = None
+
+
 def _forward_processes(x, params, patch_size, W, times=None):
-    """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, the tiles
-    of each phase shared i, i+W, i+2W, ... over them, over shared memory."""
-    job = shapes(x, params, patch_size, FIXED_TASKS_PER_WORKER)
+    """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, over shared
+    memory, each taking the tiles of a phase from the task queue as it asks for them."""
+    job = shapes(x, params, patch_size, process_tasks_per_worker())
     mine = None
     if times is not None:
         job["profile"], mine = True, []  # the helpers send their phase times back
@@ -420,9 +436,13 @@ def _forward_processes(x, params, patch_size, W, times=None):
         buffer = pool.use_activations(buffer_size(layout_of(job)))
         a, steps = _prepare(x, params, job, W, buffer)
         scratch = _scratch()
+
+        def take(i, tiles):  # this process's tasks, from the queue the helpers read
+            return processes.take(pool.queue.read_fd, tiles)
+
         with blas_threads(1):  # this process is worker 0: single-threaded BLAS, as the others
-            helpers = pool.run(job, lambda barrier: run_phases(steps, barrier, lambda i, tiles: tiles[0::W],
-                                                               scratch, mine))
+            helpers = pool.run(job, lambda barrier: run_phases(steps, barrier, take, scratch, mine),
+                               [len(tiles) for _, tiles, _ in steps])
         if times is not None:
             times += [mine] + [[tuple(t) for t in h] for h in helpers]
     except BaseException:
@@ -679,8 +699,3 @@ def greedy_makespan(seconds, W):
         i = free.index(min(free))
         free[i] += s
     return max(free)
-
-
-def fixed_makespan(seconds, W):
-    """Finish time of tasks shared out as worker processes take them: worker i runs tasks i, i + W, ..."""
-    return max(sum(seconds[i::W]) for i in range(W))

@@ -14,9 +14,10 @@ How:
     no copy); weights held in memory are copied into a shared buffer before every pass;
   - the activations (fast._layout) and a control block (one barrier flag per worker, an abort flag),
     in files under /dev/shm (or the temp folder) that are deleted once every worker has them mapped.
-- each worker runs the tiles i, i + W, i + 2W, ... of every phase of fast.plan (fixed shares: the
-  bits do not depend on who runs a tile), and waits at a flag barrier between phases: it spins a few
-  thousand checks, then yields its core (so that more workers than cores still finish).
+- the workers take the tiles of each phase of fast.plan one by one, as they ask for them, from a
+  pipe that all of them read (TaskQueue: a slow or busy core takes fewer; the bits do not depend on
+  who runs a tile), and wait at a flag barrier between phases: a waiting worker spins a few thousand
+  checks, then yields its core (so that more workers than cores still finish).
 - the barrier relies on x86's store order (a worker's results are visible before its flag); on other
   processors fast.py uses threads. NUMPY_MIXER_WORKERS=threads or =processes chooses by hand.
 - a worker that fails or dies stops the pass with one line naming it; the pool is started afresh on
@@ -27,9 +28,11 @@ import json
 import mmap
 import os
 import platform
+import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -48,6 +51,30 @@ _yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))  # let another r
 
 class WorkerError(MixerError):
     """A worker process failed or died."""
+
+
+def cores_differ(cpus=None, root="/sys/devices/system/cpu"):
+    """Whether the cores this process may run on differ in speed: performance and efficiency cores
+    (Intel's since 2021, AMD's compact ones, Arm's big.LITTLE). From Linux's sysfs: the kernel's
+    cpu_capacity where it gives one, else each core's top clock (cpufreq's cpuinfo_max_freq), the
+    fastest more than 1.15x the slowest (the few favoured cores of one kind run about 5% faster, not
+    that); False where neither is there (macOS, most virtual machines). cpus: the core numbers (default
+    this process's).
+    """
+    if cpus is None:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    for name in ("cpu_capacity", os.path.join("cpufreq", "cpuinfo_max_freq")):
+        values = []
+        for cpu in cpus:
+            try:
+                with open(os.path.join(root, f"cpu{cpu}", name)) as f:
+                    values.append(int(f.read().strip()))
+            except (OSError, ValueError):
+                break
+        else:
+            if values and min(values) > 0:
+                return max(values) > 1.15 * min(values)
+    return False
 
 
 def supported():
@@ -300,6 +327,75 @@ class FlagBarrier:
         self.abort_flag[0] = 1
 
 
+# --- the task queue ----------------------------------------------------------------------------------------
+
+TOKEN_BYTES = 2  # a token: a task's index in its phase, little-endian ...
+END = 0xFFFF  # ... or this, the end of a phase's tasks for the worker that reads it
+CHUNK = getattr(select, "PIPE_BUF", 512) // TOKEN_BYTES * TOKEN_BYTES  # bytes per write: at most PIPE_BUF is atomic
+
+
+class TaskQueue:
+    """The tasks of a pass, handed out as the workers ask for them, through one pipe that all W read.
+
+    For each phase in order, this process writes the index of each of its tasks, then one END per
+    worker. A worker reads one token at a time (a pipe read is atomic: each token goes to one worker)
+    and runs that task, until it reads an END: a fast worker takes more tasks than a slow one. It reads
+    one END per phase, then waits at the barrier, which nobody passes before all W ENDs are read: so
+    every token of a phase is taken before anyone reads the next phase's, and the pipe is empty
+    between passes (a pass that fails discards the pool). Writes of at most PIPE_BUF bytes, an even
+    number, are atomic: no read gets half a token. The first PIPE_BUF bytes fit any empty pipe and are
+    written at once; the rest on a thread, as the workers make room (written here, a full pipe would
+    wait for workers who wait at a barrier for this process).
+    """
+
+    def __init__(self, W):
+        self.W = W
+        self.read_fd, self.write_fd = _pipe()
+        self.tokens = {}  # counts -> the bytes of a pass (the same plan pass after pass)
+
+    def put(self, counts):
+        """The tokens of one pass whose phases have counts[i] tasks."""
+        counts = tuple(counts)
+        if counts not in self.tokens:
+            if max(counts, default=0) >= END:
+                raise MixerError(f"a phase of {max(counts):,} tasks is more than the task queue holds ({END - 1:,}); "
+                                 "use a smaller batch")
+            end = np.full(self.W, END)  # one per worker, after each phase's task indices
+            pieces = [a for n in counts for a in (np.arange(n), end)] or [np.zeros(0)]
+            self.tokens = {counts: np.concatenate(pieces).astype("<u2").tobytes()}  # the last plan's only
+        data = self.tokens[counts]
+        first = min(len(data), CHUNK)
+        self._write(data[:first])
+        if first < len(data):  # a daemon thread: never holds up the interpreter's exit
+            threading.Thread(target=self._write, args=(data[first:],), name="numpy-mixer-tasks", daemon=True).start()
+
+    def _write(self, data):
+        try:
+            for at in range(0, len(data), CHUNK):
+                os.write(self.write_fd, data[at:at + CHUNK])
+        except OSError:  # the pool was closed: nobody reads any more
+            pass
+
+    def close(self):
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def take(read_fd, tiles):
+    """The tiles of one phase this worker takes from the task queue, as it asks for them."""
+    while True:
+        token = os.read(read_fd, TOKEN_BYTES)
+        if len(token) != TOKEN_BYTES:  # the end of the pipe: the calling process is gone
+            raise Aborted()
+        index = int.from_bytes(token, "little")
+        if index == END:
+            return
+        yield tiles[index]
+
+
 # --- the pool, seen from the calling process ---------------------------------------------------------------
 
 def helper_env():
@@ -346,6 +442,7 @@ class Pool:
     def __init__(self, W):
         self.W, self.procs, self.conns = W, [], []
         self.control_file = SharedFile((W + 1) * FLAG_STRIDE * 8)
+        self.queue = None
         self.control = np.frombuffer(self.control_file.map, np.int64)
         self.weights_key = None  # the leaves of the params tree the workers hold (identity)
         self.placed = []  # (array, offset) of the leaves copied to shared memory
@@ -353,6 +450,7 @@ class Pool:
         self.activations = None
         env = helper_env()
         try:
+            self.queue = TaskQueue(W)
             for rank in range(1, W):
                 opened = []  # every end so far, closed if the worker cannot be started
                 try:
@@ -360,8 +458,9 @@ class Pool:
                     opened += [down_r, down_w]
                     up_r, up_w = _pipe()  # worker -> this process
                     opened += [up_r, up_w]
-                    code = f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_r}, {up_w})"
-                    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w), env=env,
+                    code = (f"from numpy_mixer.processes import worker_main; "
+                            f"worker_main({rank}, {W}, {down_r}, {up_w}, {self.queue.read_fd})")
+                    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w, self.queue.read_fd), env=env,
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, close_fds=True)
                 except BaseException:
@@ -465,12 +564,14 @@ class Pool:
         self.activations = shared
         return np.frombuffer(shared.map, np.float32, floats)
 
-    def run(self, job, main_share):
-        """One pass: every worker runs its share of `job`; this process runs main_share(barrier) as worker 0.
+    def run(self, job, main_share, counts):
+        """One pass: every worker takes tasks of `job` from the queue; this process runs main_share(barrier)
+        as worker 0. counts: the number of tasks of each phase, in order.
 
         Returns the helpers' phase times, [[(phase, seconds in tasks, seconds at the barrier before it)]]
         by rank from 1, when job["profile"] is true (else empty lists)."""
         self.control[:] = 0
+        self.queue.put(counts)
         self._broadcast(dict(job, op="run"))
         barrier = FlagBarrier(self.control, 0, self.W, alive=self.alive)
         try:
@@ -502,6 +603,8 @@ class Pool:
         for up, _ in self.conns:
             up.close()
         self.procs, self.conns = [], []
+        if self.queue is not None:
+            self.queue.close()
         for f in (self.activations, self.weights_file, self.control_file):
             if f is not None:
                 f.unlink()
@@ -534,7 +637,7 @@ atexit.register(discard)
 
 # --- the worker process ---------------------------------------------------------------------------------
 
-def worker_main(rank, W, down_fd, up_fd):
+def worker_main(rank, W, down_fd, up_fd, tasks_fd):
     """A worker's life: answer the calling process's messages until its pipe closes."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the calling process's to handle
@@ -569,7 +672,7 @@ def worker_main(rank, W, down_fd, up_fd):
                 barrier = FlagBarrier(state["control"], rank, W, alive=parent_alive)
                 times = [] if message.get("profile") else None
                 try:
-                    _run_share(fast, message, state, rank, W, barrier, scratch, times)
+                    _run_share(fast, message, state, W, tasks_fd, barrier, scratch, times)
                 except Aborted:
                     _send(up, {"aborted": True})
                     continue
@@ -586,6 +689,6 @@ def worker_main(rank, W, down_fd, up_fd):
             _send(up, {"error": f"numpy-mixer worker process {rank}: {what}"})
 
 
-def _run_share(fast, job, state, rank, W, barrier, scratch, times=None):
+def _run_share(fast, job, state, W, tasks_fd, barrier, scratch, times=None):
     _, steps = fast.steps_of(state["params"], job, W, state["activations"])
-    fast.run_phases(steps, barrier, lambda i, tiles: tiles[rank::W], scratch, times)
+    fast.run_phases(steps, barrier, lambda i, tiles: take(tasks_fd, tiles), scratch, times)

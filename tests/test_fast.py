@@ -57,6 +57,8 @@ def test_fast_matches_readable(arch, batch, classes):
         assert np.abs(fast_out[0] - fast_out[1]).max() > 1e-3
 
 
+# tasks per worker of every plan fast.py makes: threads', and worker processes' where the cores are alike or not
+PLANS_PER_WORKER = sorted({fast.TASKS_PER_WORKER, fast.PROCESS_TASKS_PER_WORKER, fast.UNEVEN_TASKS_PER_WORKER})
 WORKER_COUNTS = (1, 2, 3, 8, 16)  # 8 and 16 oversubscribe a 2-core machine: fine, the bits must not move
 
 
@@ -79,7 +81,7 @@ def test_the_same_bits_for_any_worker_count(arch, batch, mode, monkeypatch):
         tokens = fast.forward_features(x, model.params, P, workers=workers)
         np.testing.assert_array_equal(tokens, reference, err_msg=f"{workers} workers")
     for workers in (2, 3, 5, 8, 16, 24, 32, 64):
-        for per_worker in (fast.TASKS_PER_WORKER, fast.FIXED_TASKS_PER_WORKER):  # threads' plans, processes'
+        for per_worker in PLANS_PER_WORKER:  # threads' plans, processes' (cores alike or not)
             tokens, _ = fast.time_tasks(x, model.params, P, workers, per_worker)
             np.testing.assert_array_equal(tokens, reference, err_msg=f"the plan for {workers} workers")
             plans.add(tuple(fast.plan(batch, N, C, T, H, workers, 3 * P * P, per_worker).counts().items()))
@@ -174,8 +176,7 @@ def covers(tiles, shape):
 def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
     c = config_for(arch)
     N, C, T, H = c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim
-    for B, W, per_worker in itertools.product((1, 2, 8, 32), (1, 2, 4, 8, 16),
-                                              (fast.TASKS_PER_WORKER, fast.FIXED_TASKS_PER_WORKER)):
+    for B, W, per_worker in itertools.product((1, 2, 8, 32), (1, 2, 4, 8, 16), PLANS_PER_WORKER):
         rows = N * B
         plan = fast.plan(B, N, C, T, H, W, 3 * c.patch_size ** 2, per_worker)
         assert covers(plan.norm, (rows,)) and covers(plan.stem, (rows,)) and covers(plan.token, (B * C,))
@@ -189,7 +190,7 @@ def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
             assert (c1 - c0) * N * T >= fast.MIN_TILE_MACS or (c1 - c0) == B * C
         assert min(b - a for a, b in plan.norm) >= fast.MIN_ROWS
         # the parallel work grows with W: the channel MLP (88% of the FLOPs) has per_worker tasks per
-        # worker, in whole rounds of W (a worker process's fixed share is never one tile more than another's)
+        # worker, in whole rounds of W (no round with idle workers)
         if arch == "mixer_b16_224":
             assert len(plan.fc1) >= per_worker * W and len(plan.fc2) >= per_worker * W
             assert len(plan.fc1) % W == 0 and len(plan.fc2) % W == 0, (B, W, per_worker)
@@ -201,12 +202,6 @@ def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
             keys = [(next(i for i, (a, b) in enumerate(bands) if a <= r0 < b), cols) for (r0, _), cols in tiles]
             runs = sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
             assert runs == len(set(keys)), (B, W)  # one run per (band, weight slice)
-
-
-def test_fixed_makespan():
-    assert fast.fixed_makespan([3, 1, 1, 1], 2) == 4  # worker 0 runs tasks 0 and 2 whatever worker 1 does
-    assert fast.fixed_makespan([1] * 8, 4) == 2
-    assert fast.fixed_makespan([2, 2], 8) == 2
 
 
 def test_greedy_makespan():
@@ -480,7 +475,7 @@ def test_benchmark_phase_model(tmp_path, mode):
     assert "a model, not a measurement" in result.stdout and f"on worker {mode}" in result.stdout
     rows = json.loads((tmp_path / "phases.json").read_text())
     assert [(r["batch"], r["workers"]) for r in rows] == [(b, w) for b in (1, 2) for w in (1, 2, 16)]
-    per_worker = fast.FIXED_TASKS_PER_WORKER if mode == "processes" else fast.TASKS_PER_WORKER
+    per_worker = fast.process_tasks_per_worker() if mode == "processes" else fast.TASKS_PER_WORKER
     for r in rows:
         # the task counts printed are the planner's own for that mode (bench.py imports it from fast.py)
         c = config_for("mixer_s32_224")

@@ -1,15 +1,19 @@
 """The fast path's worker processes (numpy_mixer.processes): same bits as one thread, weights shared
 not copied, never stale, and every failure one line, with no process or shared file left behind."""
+import collections
 import glob
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from numpy_mixer import fast, processes
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
@@ -116,7 +120,7 @@ def test_a_worker_that_dies_gives_one_line_and_the_next_call_works(model_file):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     with pytest.raises(processes.WorkerError) as e:
-        processes._pool.run({}, lambda barrier: barrier.wait())
+        processes._pool.run({}, lambda barrier: barrier.wait(), [])
     assert "\n" not in str(e.value) and "worker process 1" in str(e.value) and "exit" in str(e.value)
     np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)  # a new pool
 
@@ -266,3 +270,80 @@ def test_a_worker_that_cannot_start_leaves_no_descriptor_open(monkeypatch):
         with pytest.raises(OSError, match="Too many open files"):
             processes.Pool(3)
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(0, 300), max_size=12), W=st.integers(1, 6))
+@example(counts=[3000, 5, 0, 40], W=3)  # 6 KB of tokens: the writer thread writes the part past 4 KB
+def test_the_task_queue_hands_each_task_to_one_worker_phase_by_phase(counts, W):
+    """W readers, a barrier between phases as in a pass: each phase's tasks are taken exactly once, none
+    of them after the barrier, and the pipe is empty at the end (the next pass starts clean). Passes of
+    more than 4 KB of tokens (the writer thread) included."""
+    queue = processes.TaskQueue(W)
+    try:
+        taken = collections.defaultdict(list)  # phase -> task indices, from every reader
+        barrier = threading.Barrier(W)
+
+        def reader():
+            for phase, n in enumerate(counts):
+                taken[phase].extend(processes.take(queue.read_fd, list(range(n))))
+                barrier.wait()
+
+        for _ in range(2):  # two passes through the same queue
+            taken.clear()
+            threads = [threading.Thread(target=reader) for _ in range(W - 1)]
+            for t in threads:
+                t.start()
+            queue.put(counts)
+            reader()
+            for t in threads:
+                t.join()
+            assert [sorted(taken[p]) for p in range(len(counts))] == [list(range(n)) for n in counts]
+            os.set_blocking(queue.read_fd, False)
+            with pytest.raises(BlockingIOError):
+                os.read(queue.read_fd, 1)
+            os.set_blocking(queue.read_fd, True)
+    finally:
+        queue.close()
+
+
+def test_a_slow_worker_process_takes_fewer_tasks_and_the_bits_stay(model_file, monkeypatch):
+    """Worker processes take tasks as they come: this process (worker 0), slowed down, takes fewer tiles
+    than an even share, and the result does not move."""
+    model = load_model(str(model_file))
+    x = images(3)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    monkeypatch.setattr(fast, "_uneven", True)  # two tasks per worker: something to take over
+    taken = collections.Counter()
+    fc1 = fast.channel_fc1_tile
+
+    def slowed(*args):
+        taken["main"] += 1
+        time.sleep(0.02)
+        return fc1(*args)
+
+    monkeypatch.setattr(fast, "channel_fc1_tile", slowed)
+    _, record = fast.time_tasks(x, model.params, P, 2, fast.UNEVEN_TASKS_PER_WORKER)
+    tasks = sum(len(seconds) for name, seconds in record if name == "fc1")  # fc1 tiles in one pass
+    taken.clear()
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2), reference)
+    assert tasks >= 4 * len(model.params["blocks"]) and taken["main"] < tasks / 2, (taken, tasks)
+
+
+def test_cores_that_differ_in_speed_are_told_apart(tmp_path):
+    def sysfs(name, values):
+        root = tmp_path / name
+        for cpu, value in enumerate(values):
+            folder = root / f"cpu{cpu}" / "cpufreq"
+            folder.mkdir(parents=True)
+            (folder / "cpuinfo_max_freq").write_text(f"{value}\n")
+        return str(root)
+
+    assert processes.cores_differ(range(4), sysfs("hybrid", [5000000, 5000000, 3800000, 3800000]))
+    assert not processes.cores_differ(range(4), sysfs("favoured", [5200000, 5000000, 5000000, 5000000]))
+    assert not processes.cores_differ(range(4), str(tmp_path / "nothing"))  # a VM, macOS: no sysfs
+    root = sysfs("capacity", [1, 1, 1, 1])  # cpu_capacity comes first where the kernel gives it
+    for cpu, value in enumerate([1024, 1024, 512, 512]):
+        (tmp_path / "capacity" / f"cpu{cpu}" / "cpu_capacity").write_text(f"{value}\n")
+    assert processes.cores_differ(range(4), root)
+    assert not processes.cores_differ([], root)
