@@ -626,9 +626,22 @@ def main(argv=None):
     flops = model_flops(config)
     torch_run, torch_model = torch_runner(args.arch, state, config)
     torch = optional("torch")
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    rows, tables = [], []
+    versions = [f"numpy {np.__version__}"]
+    for mod in ("torch", "onnxruntime"):
+        m = optional(mod)
+        if m is not None:
+            versions.append(f"{mod} {m.__version__}")
+    print(f"{args.arch}{' (2 blocks)' if args.tiny else ''}: {flops / 1e9:.2f} GFLOP/image; "
+          f"{os.cpu_count()} x {cpu_name()}; {blas_info()}; {', '.join(versions)}; load average {load_average()}")
+    if not torch_run:
+        print("(torch/timm not installed: NumPy figures alone)")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"note: {var}={os.environ[var]} is set; it can slow OpenBLAS down")
+    rows = []
 
+    # each table printed, and the JSON written, as soon as it is measured: a run cut short (a lent
+    # machine's time running out) keeps what it finished
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = onnx_export(torch_model, config.img_size, folder) if torch_run else None
         for threads in counts:
@@ -651,9 +664,11 @@ def main(argv=None):
                 rows.append(dict(threads=threads, batch=B, ceiling_gflops=round(ceiling, 1),
                                  **{key: (round(speed[B][name], 3) if name in speed[B] else None)
                                     for name, key in keys.items()}))
-            tables.append((threads, list(runners), speed, ceiling))
+            print_speed_table(threads, list(runners), speed, ceiling, flops, batch_sizes, args.markdown)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
 
-        cold = {}
         if not args.no_cold_start:
             from PIL import Image
             photo = os.path.join(folder, "photo.jpg")
@@ -676,44 +691,40 @@ def main(argv=None):
                     runs[name].append(measure_process(argv_))
             cold = {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
                     for name, rs in runs.items()}
-    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-    versions = [f"numpy {np.__version__}"]
-    for mod in ("torch", "onnxruntime"):
-        m = sys.modules.get(mod)
-        if m is not None:
-            versions.append(f"{mod} {m.__version__}")
-    print(f"{args.arch}{' (2 blocks)' if args.tiny else ''}: {flops / 1e9:.2f} GFLOP/image; "
-          f"{os.cpu_count()} x {cpu_name()}; {blas_info()}; {', '.join(versions)}; "
-          f"load average {load_start:.1f} -> {load_end:.1f}")
-    for threads, names, speed, ceiling in tables:
-        print(f"\n{threads} thread{'s' if threads > 1 else ''}: matmul ceiling {ceiling:.0f} GFLOP/s = "
-              f"{ceiling * 1e9 / flops:.2f} img/s (2048^2 float32 matmul, {threads} BLAS "
-              f"thread{'s' if threads > 1 else ''})")
-        header = ["", *names] + [f"numpy_mixer / {n}" for n in names[1:]]
-        table = []
-        for B in batch_sizes:
-            row = [f"batch {B}: img/s (% ceiling)"]
-            for n in names:
-                ips = speed[B][n]
-                row.append(f"{ips:.2f} ({100 * ips * flops / 1e9 / ceiling:.0f}%)")
-            row += [f"{speed[B]['numpy_mixer'] / speed[B][n]:.2f}x" for n in names[1:]]
-            table.append(row)
-        if cold and threads == counts[-1]:
+            names = list(cold)
+            table = []
             for label, i, unit in [("cold start, 1 photo (s)", 0, "{:.2f}"), ("peak memory (MB)", 1, "{:.0f}")]:
-                row = [label] + [unit.format(cold[n][i]) if n in cold else "-" for n in names]
-                row += [f"{cold['numpy_mixer'][i] / cold[n][i]:.2f}x" if n in cold else "-" for n in names[1:]]
+                row = [label] + [unit.format(cold[n][i]) for n in names]
+                row += [f"{cold['numpy_mixer'][i] / cold[n][i]:.2f}x" for n in names[1:]]
                 table.append(row)
-        print(fmt_table(header, table, args.markdown))
-    if not torch_run:
-        print("(torch/timm not installed: NumPy figures alone)")
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
-            print(f"note: {var}={os.environ[var]} is set; it can slow OpenBLAS down")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            print(f"\nthe whole process on {counts[-1]} thread{'s' if counts[-1] > 1 else ''} (numpy-mixer predict "
+                  "against the same job in timm: start, load, read, classify; peak memory summed over processes)")
+            print(fmt_table(["whole process", *names] + [f"numpy_mixer / {n}" for n in names[1:]], table,
+                            args.markdown))
+    print(f"\nload average at the end {load_average()}")
     return 0
+
+
+def load_average():
+    """The 1-minute load average, as text ("?" where the system has none)."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+
+
+def print_speed_table(threads, names, speed, ceiling, flops, batch_sizes, markdown):
+    """One thread count's table: img/s of each framework (% of the matmul ceiling) and the ratios."""
+    print(f"\n{threads} thread{'s' if threads > 1 else ''}: matmul ceiling {ceiling:.0f} GFLOP/s = "
+          f"{ceiling * 1e9 / flops:.2f} img/s (2048^2 float32 matmul, {threads} BLAS "
+          f"thread{'s' if threads > 1 else ''})")
+    header = ["", *names] + [f"numpy_mixer / {n}" for n in names[1:]]
+    table = []
+    for B in batch_sizes:
+        row = [f"batch {B}: img/s (% ceiling)"]
+        for n in names:
+            ips = speed[B][n]
+            row.append(f"{ips:.2f} ({100 * ips * flops / 1e9 / ceiling:.0f}%)")
+        row += [f"{speed[B]['numpy_mixer'] / speed[B][n]:.2f}x" for n in names[1:]]
+        table.append(row)
+    print(fmt_table(header, table, markdown), flush=True)
 
 
 if __name__ == "__main__":
