@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -586,6 +587,9 @@ def main(argv=None):
                         help="also time numpy_mixer on worker threads (NUMPY_MIXER_WORKERS=threads)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the whole-process measurements")
     args = parser.parse_args(argv)
+    # stopped by `timeout` (benchmarks/manycore.sh): leave as on Ctrl-C, so that the temporary folders
+    # (weights, the ONNX export: hundreds of MB) are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     changes = {}
     if args.tiny:
         args.arch, args.batch_sizes, args.repeats, changes = "mixer_s32_224", "1,2", 1, {"depth": 2}
@@ -606,8 +610,7 @@ def main(argv=None):
         results = profile_table(model, args.arch, batch_sizes, counts, 1 if args.tiny else args.repeats,
                                 args.markdown)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
+            write_json(args.json, results)
         return 0
     if args.phases:
         if args.phase_mode is None:
@@ -616,8 +619,7 @@ def main(argv=None):
         results = phase_model(model, args.arch, batch_sizes, [1] + [w for w in workers if w != 1], rng,
                               args.markdown, 1 if args.tiny else args.phase_repeats, args.phase_mode)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
+            write_json(args.json, results)
         return 0
 
     counts = thread_counts(args.threads)
@@ -666,8 +668,7 @@ def main(argv=None):
                                     for name, key in keys.items()}))
             print_speed_table(threads, list(runners), speed, ceiling, flops, batch_sizes, args.markdown)
             if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(rows, f, indent=1)
+                write_json(args.json, rows)
 
         if not args.no_cold_start:
             from PIL import Image
@@ -703,6 +704,13 @@ def main(argv=None):
                             args.markdown))
     print(f"\nload average at the end {load_average()}")
     return 0
+
+
+def write_json(path, rows):
+    """rows into path as JSON, whole or not at all (a run stopped mid-write leaves the last whole file)."""
+    with open(f"{path}.partial", "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(f"{path}.partial", path)
 
 
 def load_average():

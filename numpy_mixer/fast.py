@@ -22,7 +22,7 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   after another, so each weight is read from memory about once per band (once per block up to
   batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
 - tasks handed out as the workers ask for them (a shared iterator for threads, a pipe for worker
-  processes: processes.TaskQueue), so a slow or busy core takes fewer; every value is
+  processes: processes.TaskQueue), so a worker that falls behind takes fewer; every value is
   computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
   dimension of 1, no matmul tile small enough for OpenBLAS's small-matrix kernels), so the result
   is the same bits for any W and however the tasks are shared (with threadpoolctl, which keeps BLAS
@@ -54,11 +54,13 @@ _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack for a busy core, few GIL rounds
 # ... and on worker processes where the cores are alike: one round of the largest tiles (b16 at W = 16, batch
 # 1: 22.6 ms per pass against 26.2 with 2 per worker, as the phase model predicts from task times measured on
-# 1 core; on 2 cores, side by side, 2 per worker ran 0.96x at batch 1, 0.99x at batch 8) ...
+# 1 core; on 2 cores, in turns, the task queue with 2 per worker ran 0.93-0.96x the fixed shares of one per
+# worker it replaced at batch 1, 0.97-1.00x at batch 8; with one per worker, 0.97-0.99x and 1.01-1.02x) ...
 PROCESS_TASKS_PER_WORKER = 1
 # ... and where they differ (processes.cores_differ: performance and efficiency cores), smaller tiles, so that
-# the fast cores take more of them. On 2 cores, one of them shared with a busy loop (a core at half speed), 2
-# per worker ran 1.21x one per worker at batch 1 and 1.27x at batch 8.
+# the fast cores take more of them. On 2 cores, one of them shared with a busy loop (a core at half speed), the
+# queue with 2 per worker ran 1.21x the fixed shares of one per worker at batch 1 and 1.27x at batch 8 (with one
+# per worker, 0.98x and 1.27x).
 UNEVEN_TASKS_PER_WORKER = 2
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
@@ -549,7 +551,7 @@ def run_phases(steps, barrier, share, scratch, times=None):
     """Run this worker's share of every phase, waiting at the barrier between phases.
 
     share(i, tiles): an iterable of the tiles of phase i this worker runs (a queue shared by the
-    threads, or a fixed slice per worker process). times: None, or a list that gets (phase name,
+    threads, or the task queue of worker processes). times: None, or a list that gets (phase name,
     seconds in this worker's tasks, seconds it waited at the barrier before them) for every phase.
     """
     for i, (name, tiles, fn) in enumerate(steps):

@@ -160,21 +160,30 @@ def _connection(http_class, deadline, host, **kwargs):
     return connection
 
 
-def _connect(deadline, address, timeout, source_address=None):
-    """socket.create_connection(address, timeout, source_address), with the lookup of the host ending by
-    the deadline (_lookup); each address it gives is tried in turn, the last one's error raised."""
+def _connect(deadline, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """socket.create_connection(address, timeout, source_address), with the lookup of the host and each
+    connect ending by the deadline (_lookup); each address it gives is tried in turn, the last one's
+    error raised."""
     host, port = address
     error = OSError(f"no address for {host}")
     for family, kind, proto, _, sockaddr in _lookup(host, port, deadline):
-        sock = socket.socket(family, kind, proto)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _PastDeadline()
+        if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT and timeout is not None:
+            left = min(left, timeout)
+        sock = None
         try:
-            sock.settimeout(timeout)
+            sock = socket.socket(family, kind, proto)  # an address family this host lacks: the next address
+            sock.settimeout(left)
             if source_address:
                 sock.bind(source_address)
             sock.connect(sockaddr)
+            sock.settimeout(socket.getdefaulttimeout() if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout)
             return sock
         except OSError as e:
-            sock.close()
+            if sock is not None:
+                sock.close()
             error = e
     raise error
 

@@ -15,7 +15,7 @@ How:
   - the activations (fast._layout) and a control block (one barrier flag per worker, an abort flag),
     in files under /dev/shm (or the temp folder) that are deleted once every worker has them mapped.
 - the workers take the tiles of each phase of fast.plan one by one, as they ask for them, from a
-  pipe that all of them read (TaskQueue: a slow or busy core takes fewer; the bits do not depend on
+  pipe that all of them read (TaskQueue: a worker that falls behind takes fewer; the bits do not depend on
   who runs a tile), and wait at a flag barrier between phases: a waiting worker spins a few thousand
   checks, then yields its core (so that more workers than cores still finish).
 - the barrier relies on x86's store order (a worker's results are visible before its flag); on other
@@ -53,28 +53,53 @@ class WorkerError(MixerError):
     """A worker process failed or died."""
 
 
-def cores_differ(cpus=None, root="/sys/devices/system/cpu"):
+def cores_differ(cpus=None, root="/sys/devices"):
     """Whether the cores this process may run on differ in speed: performance and efficiency cores
-    (Intel's since 2021, AMD's compact ones, Arm's big.LITTLE). From Linux's sysfs: the kernel's
-    cpu_capacity where it gives one, else each core's top clock (cpufreq's cpuinfo_max_freq), the
-    fastest more than 1.15x the slowest (the few favoured cores of one kind run about 5% faster, not
-    that); False where neither is there (macOS, most virtual machines). cpus: the core numbers (default
+    (Intel's since 2021, AMD's compact ones, Arm's big.LITTLE). From Linux's sysfs, the first of:
+    - Intel's hybrid chips list their two kinds of core in cpu_core/cpus and cpu_atom/cpus (perf's
+      PMUs): cores of both kinds among ours;
+    - the kernel's cpu_capacity, where it differs between our cores (x86 kernels give every core of a
+      hybrid chip with Hyper-Threading on the same 1024: equal capacities say nothing);
+    - each core's top clock (cpufreq's cpuinfo_max_freq), the fastest more than 1.10x the slowest (the
+      favoured cores of one kind run about 5% faster; an Arrow Lake's efficiency cores 11-14% slower).
+    False where none of these is there (macOS, most virtual machines). cpus: core numbers (default:
     this process's).
     """
     if cpus is None:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    for name in ("cpu_capacity", os.path.join("cpufreq", "cpuinfo_max_freq")):
-        values = []
-        for cpu in cpus:
-            try:
-                with open(os.path.join(root, f"cpu{cpu}", name)) as f:
-                    values.append(int(f.read().strip()))
-            except (OSError, ValueError):
-                break
-        else:
-            if values and min(values) > 0:
-                return max(values) > 1.15 * min(values)
+    cpus = set(cpus)
+    kinds = [_cpu_list(os.path.join(root, kind, "cpus")) for kind in ("cpu_core", "cpu_atom")]
+    if all(kind & cpus for kind in kinds):
+        return True
+    for name, factor in (("cpu_capacity", 1.0), (os.path.join("cpufreq", "cpuinfo_max_freq"), 1.10)):
+        values = [_read_int(os.path.join(root, "system", "cpu", f"cpu{cpu}", name)) for cpu in sorted(cpus)]
+        values = [v for v in values if v]  # a core without the file (offline, say) tells nothing
+        if values and max(values) > factor * min(values):
+            return True
     return False
+
+
+def _read_int(path):
+    """The whole number in a sysfs file, or None."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_list(path):
+    """The core numbers of a sysfs list file ("0-7,16,18-19"), or an empty set."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        cpus = set()
+        for part in filter(None, text.split(",")):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+        return cpus
+    except (OSError, ValueError):
+        return set()
 
 
 def supported():
@@ -339,44 +364,65 @@ class TaskQueue:
 
     For each phase in order, this process writes the index of each of its tasks, then one END per
     worker. A worker reads one token at a time (a pipe read is atomic: each token goes to one worker)
-    and runs that task, until it reads an END: a fast worker takes more tasks than a slow one. It reads
-    one END per phase, then waits at the barrier, which nobody passes before all W ENDs are read: so
-    every token of a phase is taken before anyone reads the next phase's, and the pipe is empty
-    between passes (a pass that fails discards the pool). Writes of at most PIPE_BUF bytes, an even
-    number, are atomic: no read gets half a token. The first PIPE_BUF bytes fit any empty pipe and are
-    written at once; the rest on a thread, as the workers make room (written here, a full pipe would
-    wait for workers who wait at a barrier for this process).
+    and runs that task, until it reads an END: a worker that falls behind takes fewer tasks (with one
+    task per worker, only a worker that starts a phase late gives its task away). It reads one END per
+    phase, then waits at the barrier, which nobody passes before all W ENDs are read: so every token of
+    a phase is taken before anyone reads the next phase's, and the pipe is empty between passes (a pass
+    that fails discards the pool). The writes are non-blocking, of at most PIPE_BUF bytes, an even
+    number: each is whole or not at all (no read gets half a token). What does not fit the pipe (past
+    Linux's 64 KB; macOS's can be smaller) goes on a thread as the workers make room: written here, a
+    full pipe would wait for workers who wait at a barrier for this process.
     """
 
     def __init__(self, W):
         self.W = W
         self.read_fd, self.write_fd = _pipe()
+        os.set_blocking(self.write_fd, False)
         self.tokens = {}  # counts -> the bytes of a pass (the same plan pass after pass)
+        self.writer = None  # the thread writing the rest of a pass, if any
+        self.closed = False
 
     def put(self, counts):
         """The tokens of one pass whose phases have counts[i] tasks."""
         counts = tuple(counts)
         if counts not in self.tokens:
             if max(counts, default=0) >= END:
-                raise MixerError(f"a phase of {max(counts):,} tasks is more than the task queue holds ({END - 1:,}); "
-                                 "use a smaller batch")
+                raise MixerError(f"a phase of {max(counts):,} tasks is more than the task queue holds "
+                                 f"({END - 1:,}); use a smaller batch")
             end = np.full(self.W, END)  # one per worker, after each phase's task indices
             pieces = [a for n in counts for a in (np.arange(n), end)] or [np.zeros(0)]
             self.tokens = {counts: np.concatenate(pieces).astype("<u2").tobytes()}  # the last plan's only
         data = self.tokens[counts]
-        first = min(len(data), CHUNK)
-        self._write(data[:first])
-        if first < len(data):  # a daemon thread: never holds up the interpreter's exit
-            threading.Thread(target=self._write, args=(data[first:],), name="numpy-mixer-tasks", daemon=True).start()
+        at = self._write(data, wait=False)
+        if at < len(data):  # a daemon thread: never holds up the interpreter's exit
+            self.writer = threading.Thread(target=self._write, args=(data[at:], True), daemon=True,
+                                           name="numpy-mixer-tasks")
+            self.writer.start()
 
-    def _write(self, data):
-        try:
-            for at in range(0, len(data), CHUNK):
-                os.write(self.write_fd, data[at:at + CHUNK])
-        except OSError:  # the pool was closed: nobody reads any more
-            pass
+    def _write(self, data, wait):
+        """Write data in whole chunks; returns how much was written before the pipe was full (wait=False)
+        or closed."""
+        at = 0
+        while at < len(data) and not self.closed:
+            try:
+                at += os.write(self.write_fd, data[at:at + CHUNK])
+            except BlockingIOError:  # full
+                if not wait:
+                    break
+                select.select([], [self.write_fd], [], 0.1)  # room, or look again (closed?)
+            except OSError:  # the pool was closed: nobody reads any more
+                break
+        return at
 
     def close(self):
+        """Close the pipe (workers blocked on it read its end). A writer thread still at work (after a
+        failed pass) stops first, within 0.1 s: it must not write into a descriptor number that has been
+        given to another file (nor, closed twice, close another file's)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.writer is not None:
+            self.writer.join(timeout=1)
         for fd in (self.read_fd, self.write_fd):
             try:
                 os.close(fd)
@@ -460,9 +506,10 @@ class Pool:
                     opened += [up_r, up_w]
                     code = (f"from numpy_mixer.processes import worker_main; "
                             f"worker_main({rank}, {W}, {down_r}, {up_w}, {self.queue.read_fd})")
-                    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(down_r, up_w, self.queue.read_fd), env=env,
+                    proc = subprocess.Popen([sys.executable, "-c", code], env=env, close_fds=True,
+                                            pass_fds=(down_r, up_w, self.queue.read_fd),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, close_fds=True)
+                                            stderr=subprocess.DEVNULL)
                 except BaseException:
                     for fd in opened:
                         os.close(fd)
@@ -589,22 +636,28 @@ class Pool:
         return [reply.get("times") or [] for reply in self._collect("finish the forward pass")]
 
     def close(self):
+        """Stop the workers and free what the pool holds. A pass cut short (an interrupt while it was being
+        handed out, say) is stopped too: the abort flag releases workers waiting at a barrier, and the
+        task queue's end releases those waiting for a task; the workers then leave as their pipe closes.
+        Any still there after 2 s in all are killed."""
+        self.control[self.W * FLAG_STRIDE] = 1  # the abort flag: workers at a barrier raise Aborted
         for _, down in self.conns:
             try:
                 down.close()
             except OSError:
                 pass
+        if self.queue is not None:
+            self.queue.close()
+        deadline = time.monotonic() + 2
         for proc in self.procs:
             try:
-                proc.wait(timeout=2)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         for up, _ in self.conns:
             up.close()
         self.procs, self.conns = [], []
-        if self.queue is not None:
-            self.queue.close()
         for f in (self.activations, self.weights_file, self.control_file):
             if f is not None:
                 f.unlink()

@@ -167,13 +167,18 @@ def test_a_whole_response_still_comes_whole():
 
 def resolver(monkeypatch, names):
     """socket.getaddrinfo with a stand-in resolver for the hosts in names: names[host]() gives the address
-    to look up instead (127.0.0.1), or raises as a failed lookup does. Other hosts are looked up as usual."""
-    real = socket.getaddrinfo
+    to look up instead (127.0.0.1), or raises as a failed lookup does. Other hosts are looked up as usual.
+    Returns the names of the threads the lookups of those hosts ran on."""
+    real, threads = socket.getaddrinfo, []
 
     def getaddrinfo(host, *args, **kwargs):
-        return real(names[host]() if host in names else host, *args, **kwargs)
+        if host in names:
+            threads.append(threading.current_thread().name)
+            host = names[host]()
+        return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return threads
 
 
 def test_a_dns_lookup_that_hangs_stops_at_the_deadline(monkeypatch):
@@ -199,13 +204,14 @@ def test_a_dns_lookup_that_hangs_stops_at_the_deadline(monkeypatch):
 
 def test_a_host_name_is_looked_up_and_still_sent_as_the_host(monkeypatch):
     """The connection goes to the address the name resolves to; the Host header names the host, not the address."""
-    resolver(monkeypatch, {"images.test": lambda: "127.0.0.1"})
+    threads = resolver(monkeypatch, {"images.test": lambda: "127.0.0.1"})
     body, requests = bytes(range(256)) * 100, []
     with raw_server(sends(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body),
                     requests) as url:
         port = urllib.parse.urlsplit(url).port
         assert fetch(f"http://images.test:{port}/image.png") == body
     assert f"\r\nHost: images.test:{port}\r\n".encode() in requests[0], requests
+    assert threads == ["numpy-mixer-dns"], threads  # looked up by fetch's own, deadline-bound, lookup
 
 
 def test_https_still_sends_the_host_name_for_tls(monkeypatch):

@@ -252,9 +252,9 @@ def test_a_worker_that_cannot_start_leaves_no_descriptor_open(monkeypatch):
 
     real_pipe, pipes = os.pipe, []
 
-    def second_pipe_fails():
+    def nth_pipe_fails():  # the task queue's, then worker 1's down and up pipes, then worker 2's
         pipes.append(1)
-        if len(pipes) == 2:
+        if len(pipes) == failing:
             raise OSError(24, "Too many open files")
         return real_pipe()
 
@@ -265,11 +265,13 @@ def test_a_worker_that_cannot_start_leaves_no_descriptor_open(monkeypatch):
         with pytest.raises(OSError, match="Cannot allocate memory"):
             processes.Pool(3)
     assert set(os.listdir("/proc/self/fd")) == before
-    with monkeypatch.context() as patch:
-        patch.setattr(processes.os, "pipe", second_pipe_fails)
-        with pytest.raises(OSError, match="Too many open files"):
-            processes.Pool(3)
-    assert set(os.listdir("/proc/self/fd")) == before
+    for failing in range(1, 6):
+        pipes.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(processes.os, "pipe", nth_pipe_fails)
+            with pytest.raises(OSError, match="Too many open files"):
+                processes.Pool(3)
+        assert set(os.listdir("/proc/self/fd")) == before, failing
 
 
 @settings(max_examples=40, deadline=None)
@@ -282,7 +284,7 @@ def test_the_task_queue_hands_each_task_to_one_worker_phase_by_phase(counts, W):
     queue = processes.TaskQueue(W)
     try:
         taken = collections.defaultdict(list)  # phase -> task indices, from every reader
-        barrier = threading.Barrier(W)
+        barrier = threading.Barrier(W, timeout=30)  # a reader that fails breaks it: no hang
 
         def reader():
             for phase, n in enumerate(counts):
@@ -297,7 +299,8 @@ def test_the_task_queue_hands_each_task_to_one_worker_phase_by_phase(counts, W):
             queue.put(counts)
             reader()
             for t in threads:
-                t.join()
+                t.join(timeout=30)
+                assert not t.is_alive()
             assert [sorted(taken[p]) for p in range(len(counts))] == [list(range(n)) for n in counts]
             os.set_blocking(queue.read_fd, False)
             with pytest.raises(BlockingIOError):
@@ -331,19 +334,55 @@ def test_a_slow_worker_process_takes_fewer_tasks_and_the_bits_stay(model_file, m
 
 
 def test_cores_that_differ_in_speed_are_told_apart(tmp_path):
-    def sysfs(name, values):
+    def sysfs(name, clocks=None, capacities=None, kinds=None):
         root = tmp_path / name
-        for cpu, value in enumerate(values):
-            folder = root / f"cpu{cpu}" / "cpufreq"
-            folder.mkdir(parents=True)
-            (folder / "cpuinfo_max_freq").write_text(f"{value}\n")
+        for cpu, value in enumerate(clocks or []):
+            (root / "system" / "cpu" / f"cpu{cpu}" / "cpufreq").mkdir(parents=True, exist_ok=True)
+            (root / "system" / "cpu" / f"cpu{cpu}" / "cpufreq" / "cpuinfo_max_freq").write_text(f"{value}\n")
+        for cpu, value in enumerate(capacities or []):
+            (root / "system" / "cpu" / f"cpu{cpu}").mkdir(parents=True, exist_ok=True)
+            (root / "system" / "cpu" / f"cpu{cpu}" / "cpu_capacity").write_text(f"{value}\n")
+        for kind, cpus in (kinds or {}).items():
+            (root / kind).mkdir(parents=True)
+            (root / kind / "cpus").write_text(cpus + "\n")
         return str(root)
 
-    assert processes.cores_differ(range(4), sysfs("hybrid", [5000000, 5000000, 3800000, 3800000]))
-    assert not processes.cores_differ(range(4), sysfs("favoured", [5200000, 5000000, 5000000, 5000000]))
-    assert not processes.cores_differ(range(4), str(tmp_path / "nothing"))  # a VM, macOS: no sysfs
-    root = sysfs("capacity", [1, 1, 1, 1])  # cpu_capacity comes first where the kernel gives it
-    for cpu, value in enumerate([1024, 1024, 512, 512]):
-        (tmp_path / "capacity" / f"cpu{cpu}" / "cpu_capacity").write_text(f"{value}\n")
-    assert processes.cores_differ(range(4), root)
-    assert not processes.cores_differ([], root)
+    four = range(4)
+    assert processes.cores_differ(four, sysfs("hybrid", clocks=[5000000, 5000000, 3800000, 3800000]))
+    assert processes.cores_differ(four, sysfs("arrow", clocks=[5200000, 5200000, 4600000, 4600000]))
+    assert not processes.cores_differ(four, sysfs("favoured", clocks=[5200000, 5000000, 5000000, 5000000]))
+    assert not processes.cores_differ(four, str(tmp_path / "nothing"))  # a VM, macOS: no sysfs
+    # x86 kernels: the same capacity on every core of a hybrid chip with Hyper-Threading on; the clocks tell
+    assert processes.cores_differ(four, sysfs("same-capacity", [5000000, 5000000, 3800000, 3800000], [1024] * 4))
+    assert processes.cores_differ(four, sysfs("capacity", capacities=[1024, 1024, 512, 512]))
+    assert not processes.cores_differ(four, sysfs("alike", [3000000] * 4, [1024] * 4))
+    assert not processes.cores_differ([0, 1], sysfs("ours-alike", clocks=[5000000, 5000000, 3800000, 3800000]))
+    # Intel's two kinds of core, listed by perf's PMUs: both among ours, or only one kind
+    kinds = sysfs("pmu", kinds={"cpu_core": "0-1", "cpu_atom": "2-3,8"})
+    assert processes.cores_differ(four, kinds) and not processes.cores_differ([2, 3], kinds)
+    assert not processes.cores_differ([], kinds)
+    assert processes._cpu_list(os.path.join(kinds, "cpu_atom", "cpus")) == {2, 3, 8}
+
+
+def test_a_pass_cut_short_while_it_is_handed_out_stops_at_once(model_file, monkeypatch):
+    """An interrupt after one worker got the pass and before the others did: the one that started stops at
+    its first barrier (the abort flag), not after close()'s 2 s, and the next call works."""
+    model = load_model(str(model_file))
+    x = images(2)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    fast.forward_features(x, model.params, P, workers=4)
+    pool = processes._pool
+    real = pool._broadcast
+
+    def one_then_interrupt(message):
+        if message.get("op") != "run":
+            return real(message)
+        processes._send(pool.conns[0][1], message)  # worker 1 starts the pass ...
+        raise KeyboardInterrupt  # ... and the others never hear of it
+
+    monkeypatch.setattr(pool, "_broadcast", one_then_interrupt)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fast.forward_features(x, model.params, P, workers=4)
+    assert processes._pool is None and time.monotonic() - start < 1.5
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=4), reference)
