@@ -470,7 +470,8 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
     wall time shown; with the same plan's tasks timed one at a time on one thread for comparison."""
     P = model.config.patch_size
     rng = np.random.default_rng(0)
-    print(f"profile of {arch}: one pass, the median of {repeats} by wall time; ms per pass.\n"
+    print(f"profile of {arch}: one pass, the median of {repeats} by wall time; ms per pass; worker processes take "
+          f"{fast.process_tasks_per_worker()} task(s) each per matmul phase.\n"
           "outside: the call's time outside the phases (patches, weights, starting and collecting the workers); "
           "critical: the sum over phases of the busiest worker's time in its tasks (the span with free "
           "barriers), then by phase kind; sync: the phases' span (the longest worker's) beyond it (barriers, "

@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import layers, processes
+from .errors import MixerError
 
 _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack for a busy core, few GIL rounds
@@ -413,10 +414,22 @@ def _forward_features(x, params, patch_size, workers, times=None):
         return _forward(x, params, shapes(x, params, patch_size), W, W, None, times)
 
 
+TASKS_ENV = "NUMPY_MIXER_TASKS_PER_WORKER"  # set by hand: where cores_differ cannot tell (a VM on a hybrid host)
+MAX_TASKS_PER_WORKER = 16
+
+
 def process_tasks_per_worker():
-    """Tasks per worker process in the matmul phases: UNEVEN_TASKS_PER_WORKER where this process's cores
-    differ in speed (processes.cores_differ, read once), else PROCESS_TASKS_PER_WORKER."""
+    """Tasks per worker process in the matmul phases: NUMPY_MIXER_TASKS_PER_WORKER if set (1 to 16), else
+    UNEVEN_TASKS_PER_WORKER where this process's cores differ in speed (processes.cores_differ, read
+    once), else PROCESS_TASKS_PER_WORKER."""
     global _uneven
+    chosen = os.environ.get(TASKS_ENV, "").strip()
+    if chosen:
+        if not chosen.isdecimal() or not 1 <= int(chosen) <= MAX_TASKS_PER_WORKER:
+            raise MixerError(f"{TASKS_ENV}={os.environ[TASKS_ENV]!r} is not a whole number from 1 to "
+                             f"{MAX_TASKS_PER_WORKER}: set one (2 where the cores differ in speed) or unset it "
+                             "to let numpy-mixer choose")
+        return int(chosen)
     if _uneven is None:
         _uneven = processes.cores_differ()
     return UNEVEN_TASKS_PER_WORKER if _uneven else PROCESS_TASKS_PER_WORKER

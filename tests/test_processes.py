@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from numpy_mixer import fast, processes
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
+from numpy_mixer.errors import MixerError
 from numpy_mixer.model import MlpMixer, load_model
 
 P = 32
@@ -386,3 +387,36 @@ def test_a_pass_cut_short_while_it_is_handed_out_stops_at_once(model_file, monke
         fast.forward_features(x, model.params, P, workers=4)
     assert processes._pool is None and time.monotonic() - start < 1.5
     np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=4), reference)
+
+
+ENV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=st.one_of(st.integers(-5, 40).map(str), ENV_TEXT))
+def test_tasks_per_worker_set_by_hand_or_one_line(value):
+    """NUMPY_MIXER_TASKS_PER_WORKER: a whole number from 1 to 16 is used as it is; anything else is one
+    line naming the variable (blank: unset)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(fast.TASKS_ENV, value)
+        text = value.strip()
+        if not text:
+            assert fast.process_tasks_per_worker() in (fast.PROCESS_TASKS_PER_WORKER, fast.UNEVEN_TASKS_PER_WORKER)
+        elif text.isdecimal() and 1 <= int(text) <= fast.MAX_TASKS_PER_WORKER:
+            assert fast.process_tasks_per_worker() == int(text)
+        else:
+            with pytest.raises(MixerError) as e:
+                fast.process_tasks_per_worker()
+            assert "\n" not in str(e.value) and fast.TASKS_ENV in str(e.value)
+
+
+def test_tasks_per_worker_set_by_hand_gives_the_same_bits(model_file, monkeypatch):
+    model = load_model(str(model_file))
+    x = images(3)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    for n in ("1", "2", "5"):
+        monkeypatch.setenv(fast.TASKS_ENV, n)
+        np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
+    monkeypatch.setenv(fast.TASKS_ENV, "0")
+    with pytest.raises(MixerError, match="NUMPY_MIXER_TASKS_PER_WORKER='0' is not a whole number from 1 to 16"):
+        fast.forward_features(x, model.params, P, workers=3)
