@@ -88,6 +88,17 @@ _pool_lock = threading.Lock()
 _run_lock = threading.Lock()
 
 
+def _forget_after_fork():
+    """In a child made by fork(): the worker threads are gone (only the forking thread survives), and a
+    lock another thread held stays held; start both afresh, or the child's first pass would wait forever."""
+    global _pool, _pool_lock, _run_lock
+    _pool, _pool_lock, _run_lock = None, threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 # --- GELU ------------------------------------------------------------------------------------------
 
 # GELU in one branch-free form, with no erf: a logistic function of a polynomial,

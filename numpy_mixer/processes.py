@@ -21,7 +21,8 @@ How:
 - the barrier relies on x86's store order (a worker's results are visible before its flag); on other
   processors fast.py uses threads. NUMPY_MIXER_WORKERS=threads or =processes chooses by hand.
 - a worker that fails or dies stops the pass with one line naming it; the pool is started afresh on
-  the next call. Workers exit when this process does (their pipe closes).
+  the next call. Workers exit when this process does (their pipe closes). A child made by fork()
+  forgets its parent's pool and starts its own (_forget_after_fork).
 """
 import atexit
 import json
@@ -686,6 +687,21 @@ def discard():
 
 
 atexit.register(discard)
+
+
+def _forget_after_fork():
+    """In a child made by fork() (multiprocessing's default on Linux): the pool's helpers, pipes and shared
+    memory are the parent's, so they are dropped here, with nothing closed or flagged that the parent
+    uses (the child's copies of the descriptors close as they are collected). The child's first pass
+    starts helpers of its own, instead of driving the parent's and writing into its memory."""
+    global _pool, _copiers, _copier_count
+    _pool = None
+    _copiers, _copier_count = None, 0  # a thread pool's threads do not survive fork()
+    _live_files.clear()  # the parent's to unlink
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # --- the worker process ---------------------------------------------------------------------------------

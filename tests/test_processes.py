@@ -3,6 +3,7 @@ not copied, never stale, and every failure one line, with no process or shared f
 import collections
 import glob
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -420,3 +421,43 @@ def test_tasks_per_worker_set_by_hand_gives_the_same_bits(model_file, monkeypatc
     monkeypatch.setenv(fast.TASKS_ENV, "0")
     with pytest.raises(MixerError, match="NUMPY_MIXER_TASKS_PER_WORKER='0' is not a whole number from 1 to 16"):
         fast.forward_features(x, model.params, P, workers=3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_a_forked_child_runs_its_own_workers(model_file, mode, monkeypatch):
+    """multiprocessing forks on Linux: a child of a process whose workers are up gets its own (it neither
+    drives the parent's helpers nor waits on worker threads that fork() left behind), and the parent's
+    pool is untouched."""
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", mode)
+    model = load_model(str(model_file))
+    x = images(2)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
+    parent_pool = processes._pool
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one pass, its verdict through the pipe, then out without any cleanup
+        code = 1
+        try:
+            os.close(read_end)
+            ok = np.array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
+            own = mode == "threads" or processes._pool is not parent_pool
+            os.write(write_end, b"1" if ok and own else b"0")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 60)
+        verdict = os.read(read_end, 1) if ready else b"(no answer in 60 s: a hang)"
+    finally:
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    assert verdict == b"1", verdict
+    assert processes._pool is parent_pool
+    if mode == "processes":  # the child closed nothing of the parent's: no abort flag in its shared control block
+        assert parent_pool.control[parent_pool.W * processes.FLAG_STRIDE] == 0
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
