@@ -167,15 +167,11 @@ def _connect(deadline, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
     host, port = address
     error = OSError(f"no address for {host}")
     for family, kind, proto, _, sockaddr in _lookup(host, port, deadline):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _PastDeadline()
-        if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT and timeout is not None:
-            left = min(left, timeout)
+        wait = _wait_for(deadline, timeout)
         sock = None
         try:
             sock = socket.socket(family, kind, proto)  # an address family this host lacks: the next address
-            sock.settimeout(left)
+            sock.settimeout(wait)
             if source_address:
                 sock.bind(source_address)
             sock.connect(sockaddr)
@@ -186,6 +182,17 @@ def _connect(deadline, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
                 sock.close()
             error = e
     raise error
+
+
+def _wait_for(deadline, timeout):
+    """The socket timeout for the next wait: what is left until the deadline, at most timeout (None or
+    socket's default-timeout marker: no cap of its own); _PastDeadline when nothing is left."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _PastDeadline()
+    if timeout is None or timeout is socket._GLOBAL_DEFAULT_TIMEOUT:
+        return left
+    return min(timeout, left)
 
 
 def _lookup(host, port, deadline):
@@ -236,10 +243,7 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, b):
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise _PastDeadline()
-        self.sock.settimeout(left if self.timeout is None else min(self.timeout, left))
+        self.sock.settimeout(_wait_for(self.deadline, self.timeout))
         try:
             return self.raw.readinto(b)
         except (TimeoutError, socket.timeout):

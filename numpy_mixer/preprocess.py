@@ -158,11 +158,6 @@ def read_all(images, read, workers, budget_pixels=None):
     return results
 
 
-# what reading an untrusted image can raise besides MixerError: Pillow's bomb guard is not an OSError,
-# and some of its decoders raise ValueError (e.g. "Decompressed Data Too Large" in a PNG text chunk)
-_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
-
-
 def read_or_error(model, img, known=None):
     """model.preprocess(img), or the MixerError that names the image: read_all's read for predict and embed.
 
@@ -175,7 +170,7 @@ def read_or_error(model, img, known=None):
         return model.preprocess(img)
     except MixerError as e:
         return e
-    except _IMAGE_ERRORS as e:
+    except _DECODE_ERRORS as e:  # one that load_image's own checks did not turn into a MixerError
         return MixerError(f"{image_name(img)}: cannot read the image ({type(e).__name__}: {e}) - check the file")
 
 
