@@ -588,6 +588,9 @@ def main(argv=None):
                         help="also time numpy_mixer on worker threads (NUMPY_MIXER_WORKERS=threads)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the whole-process measurements")
     args = parser.parse_args(argv)
+    if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(os.path.abspath(args.json)))):
+        raise SystemExit(f"--json {args.json}: {'is a folder' if os.path.isdir(args.json) else 'no such folder'}; "
+                         "name a file in a folder that exists")  # now, not after the run
     # stopped by `timeout` (benchmarks/manycore.sh): leave as on Ctrl-C, so that the temporary folders
     # (weights, the ONNX export: hundreds of MB) are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -443,6 +443,16 @@ def test_benchmark_profile(tmp_path):
     assert second["fc1"] > first["fc1"] and second["token"] > first["token"]  # batch 2 costs more than batch 1
 
 
+@pytest.mark.parametrize("where", ["folder", "missing"])
+def test_benchmark_refuses_a_json_path_it_cannot_write_before_it_runs(tmp_path, where):
+    path = tmp_path if where == "folder" else tmp_path / "missing" / "rows.json"
+    start = time.monotonic()
+    result = run_bench("--phases", "--json", path)
+    assert result.returncode == 1 and time.monotonic() - start < 60, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and f"--json {path}: " in result.stderr, result.stderr
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)  # no rows.json.partial left
+
+
 @pytest.mark.parametrize("args", [("--threads", "abc"), ("--threads", "1,,2"), ("--threads", "0"),
                                   ("--profile", "--threads", "2,x"), ("--phases", "--phase-workers", "two")])
 def test_benchmark_refuses_bad_counts_in_one_line(args):
