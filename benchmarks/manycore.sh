@@ -23,7 +23,7 @@ threads=${2:-16,4}
 budget=${3:-540}
 [[ $threads =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "manycore.sh: THREADS is a list like 16,4, got '$threads'" >&2; exit 2; }
 [[ $budget =~ ^[0-9]+$ ]] || { echo "manycore.sh: SECONDS is a whole number of seconds, got '$budget'" >&2; exit 2; }
-mkdir -p "$out"
+why=$(mkdir -p "$out" 2>&1) || { echo "manycore.sh: cannot make OUT_FOLDER '$out' (${why#mkdir: })" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
 left() { echo $((budget - (SECONDS - start))); }

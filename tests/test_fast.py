@@ -495,3 +495,17 @@ def test_benchmark_phase_model(tmp_path, mode):
         assert 0 < r["efficiency"] <= 1.5 and r["predicted_s"] > 0  # a model of measured times: noisy, not > 1.5
         if r["workers"] == 1:
             assert r["barrier_s"] == 0
+
+
+@pytest.mark.parametrize("args, fragment", [(["16,x"], "THREADS is a list like 16,4"),
+                                            (["16", "x9"], "SECONDS is a whole number of seconds"),
+                                            (None, "cannot make OUT_FOLDER")])
+def test_manycore_refuses_bad_arguments_before_it_runs(tmp_path, args, fragment):
+    """benchmarks/manycore.sh, the lent machine's one run: a bad argument is one line and exit 2 at once."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = [str(blocker / "out")] if args is None else [str(tmp_path / "out"), *args]
+    result = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "manycore.sh"), *out], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+    assert result.stdout == "" and result.stderr.strip().count("\n") == 0, result.stderr
