@@ -63,7 +63,8 @@ WORKER_COUNTS = (1, 2, 3, 8, 16)  # 8 and 16 oversubscribe a 2-core machine: fin
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
-@pytest.mark.parametrize("arch,batch", [("mixer_s16_224", 1), ("mixer_s32_224", 3), ("mixer_b16_224", 2)])
+@pytest.mark.parametrize("arch,batch", [("mixer_s16_224", 1), ("mixer_s32_224", 3), ("mixer_b16_224", 2),
+                                        ("mixer_s32_224", 9)])  # 441 rows: hidden activations row-major
 def test_the_same_bits_for_any_worker_count(arch, batch, mode, monkeypatch):
     """Run on W threads or worker processes for W in WORKER_COUNTS, and every plan up to W = 64 run on
     one thread: one result."""
@@ -88,6 +89,24 @@ def test_the_same_bits_for_any_worker_count(arch, batch, mode, monkeypatch):
     assert len(plans) >= 3  # the plans really differ with W: the test compares different splits
     with threadpool_limits(1, user_api="blas"):  # the default worker count follows the BLAS thread count
         np.testing.assert_array_equal(fast.forward_features(x, model.params, P), reference)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_hidden_activations_either_way_round(batch, monkeypatch):
+    """The channel MLP with its hidden activations row-major [N*B, H] and hidden-unit-major [H, N*B]:
+    the same answer (and the rule picks hidden-unit-major for few rows only)."""
+    model = MlpMixer(random_state_dict(config_for("mixer_b16_224", depth=2), seed=3))
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    assert fast.hidden_major(196) and not fast.hidden_major(196 * 8)
+    results = {}
+    for limit in (0, 10**9):  # every pass row-major; every pass hidden-unit-major
+        monkeypatch.setattr(fast, "HIDDEN_MAJOR_ROWS", limit)
+        assert fast.hidden_major(196 * batch) == bool(limit)
+        results[limit], _ = fast.time_tasks(x, model.params, 16, 4)  # in this process: the patched rule holds
+    readable = model.forward_features(x, fast=False)
+    assert readable.std() > 0.1
+    assert rel_err(results[0], readable) < 1e-5 and rel_err(results[10**9], readable) < 1e-5
+    assert rel_err(results[0], results[10**9]) < 1e-6
 
 
 def test_the_head_runs_on_one_blas_thread(monkeypatch):
