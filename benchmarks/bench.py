@@ -344,12 +344,13 @@ def flag_barrier_seconds(rounds=2000, trials=10):
 
 
 def task_times(x, model, plans, repeats, per_worker):
-    """{W: [(phase, [seconds per task])]}: one forward pass with each W's plan on 1 thread, the plans
-    taken in turns (so that a busy spell hits all alike), each task's best of repeats."""
+    """{W: [(phase, [seconds per task])]}: one forward pass with each W's plan (per_worker(W) tasks per
+    worker) on 1 thread, the plans taken in turns (so that a busy spell hits all alike), each task's best
+    of repeats."""
     best = {}
     for _ in range(repeats):
         for W in plans:
-            _, record = fast.time_tasks(x, model.params, model.config.patch_size, W, per_worker)
+            _, record = fast.time_tasks(x, model.params, model.config.patch_size, W, per_worker(W))
             old = best.get(W, record)
             best[W] = [(name, [min(a, b) for a, b in zip(o, n)]) for (name, o), (_, n) in zip(old, record)]
     return best
@@ -362,14 +363,14 @@ def phase_model(model, arch, batch_sizes, workers, rng, markdown, repeats=3, mod
     """Time every task of one forward pass on one thread, for the plan of each W; predict each W's
     makespan as the sum over phases of that phase's schedule plus the barriers:
     - both: a greedy schedule (tasks in hand-out order, each to the worker free first: the task queue);
-    - mode "processes" (worker processes, the default on x86-64): the plan of process_tasks_per_worker(),
+    - mode "processes" (worker processes, the default on x86-64): the plan of process_tasks_per_worker(W),
       one flag-barrier round per barrier;
     - mode "threads": at least the phase's GIL-held Python time, plus W/2 two-thread barrier rounds per
       barrier."""
     P = model.config.patch_size
     N, C, T, H = fast.model_shape(model.params, P, model.config.img_size)
     threads = mode == "threads"
-    per_worker = fast.TASKS_PER_WORKER if threads else fast.process_tasks_per_worker()
+    per_worker = (lambda W: fast.TASKS_PER_WORKER) if threads else fast.process_tasks_per_worker
     per_call = python_seconds_per_call() if threads else 0.0  # processes run their Python side by side
     per_barrier = barrier_seconds() if threads else flag_barrier_seconds()
     print(f"phase model of {arch} on worker {mode}: task times measured one at a time on "
@@ -389,7 +390,7 @@ def phase_model(model, arch, batch_sizes, workers, rng, markdown, repeats=3, mod
             records = task_times(x, model, workers, repeats, per_worker)
             one = sum(sum(s) for _, s in records[1])  # W=1's plan on 1 worker: the 1-thread time
             for W in workers:
-                plan = fast.plan(B, N, C, T, H, W, 3 * P * P, per_worker)
+                plan = fast.plan(B, N, C, T, H, W, 3 * P * P, per_worker(W))
                 tiles = plan.phases(len(model.params["blocks"]))
                 by_kind = {k: [0.0, 0.0] for k in PHASE_KINDS}  # predicted seconds, of which GIL-bound
                 for (name, seconds), (_, phase_tiles) in zip(records[W], tiles):
@@ -470,8 +471,9 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
     wall time shown; with the same plan's tasks timed one at a time on one thread for comparison."""
     P = model.config.patch_size
     rng = np.random.default_rng(0)
-    print(f"profile of {arch}: one pass, the median of {repeats} by wall time; ms per pass; worker processes take "
-          f"{fast.process_tasks_per_worker()} task(s) each per matmul phase.\n"
+    per_worker = ", ".join(f"{fast.process_tasks_per_worker(W)} on {W}" for W in counts if W > 1)
+    print(f"profile of {arch}: one pass, the median of {repeats} by wall time; ms per pass"
+          + (f"; tasks per worker process in a matmul phase: {per_worker} workers" if per_worker else "") + ".\n"
           "outside: the call's time outside the phases (patches, weights, starting and collecting the workers); "
           "critical: the sum over phases of the busiest worker's time in its tasks (the span with free "
           "barriers), then by phase kind; sync: the phases' span (the longest worker's) beyond it (barriers, "
@@ -484,7 +486,7 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
     for W in counts:
         # what forward_features runs: worker processes (their plan) for W > 1 where supported, else threads
         mode = "one" if W == 1 else "processes" if processes.supported() else "threads"
-        per_worker = fast.process_tasks_per_worker() if mode == "processes" else fast.TASKS_PER_WORKER
+        per_worker = fast.process_tasks_per_worker(W) if mode == "processes" else fast.TASKS_PER_WORKER
         for B in batch_sizes:
             x = rng.standard_normal((B, 3, model.config.img_size, model.config.img_size), dtype=np.float32)
             with blas_threads(1):

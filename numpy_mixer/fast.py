@@ -53,12 +53,17 @@ from .errors import MixerError
 
 _F32 = np.float32
 TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack for a busy core, few GIL rounds
-# ... and on worker processes where the cores are alike: one round of the largest tiles (b16 at W = 16, batch
-# 1: 22.6 ms per pass against 26.2 with 2 per worker, as the phase model predicts from task times measured on
-# 1 core; on 2 cores, in turns, the task queue with 2 per worker ran 0.93-0.96x the fixed shares of one per
-# worker it replaced at batch 1, 0.97-1.00x at batch 8; with one per worker, 0.97-0.99x and 1.01-1.02x) ...
+# ... and on fewer than MANY_WORKERS worker processes where the cores are alike: one round of the largest tiles
+# (on 2 cores, in turns, the task queue with 2 per worker ran 0.93-0.96x the fixed shares of one per worker it
+# replaced at batch 1, 0.97-1.00x at batch 8; with one per worker, 0.97-0.99x and 1.01-1.02x) ...
 PROCESS_TASKS_PER_WORKER = 1
-# ... and where they differ (processes.cores_differ: performance and efficiency cores), smaller tiles, so that
+# ... from MANY_WORKERS on, two: with many workers, some fall behind in every phase (on 16 cores, the busiest
+# worker was 33-71% above the mean with one task each), and smaller tiles let the others take over. Measured in
+# turns on a 16-core Xeon, b16, 2 per worker against 1: 0.99x / 1.13x / 1.00x at batch 1 / 8 / 32 on 16
+# workers, 1.04x / 1.26x at batch 1 / 8 on 8, 0.97x / 1.05x on 4 (3 per worker on 16: 0.90x / 1.06x / 0.98x).
+MANY_WORKERS = 4
+MANY_TASKS_PER_WORKER = 2
+# ... and where the cores differ (processes.cores_differ: performance and efficiency cores), smaller tiles, so that
 # the fast cores take more of them. On 2 cores, one of them shared with a busy loop (a core at half speed), the
 # queue with 2 per worker ran 1.21x the fixed shares of one per worker at batch 1 and 1.27x at batch 8 (with one
 # per worker, 0.98x and 1.27x).
@@ -453,10 +458,10 @@ TASKS_ENV = "NUMPY_MIXER_TASKS_PER_WORKER"  # set by hand: where cores_differ ca
 MAX_TASKS_PER_WORKER = 16
 
 
-def process_tasks_per_worker():
-    """Tasks per worker process in the matmul phases: NUMPY_MIXER_TASKS_PER_WORKER if set (1 to 16), else
-    UNEVEN_TASKS_PER_WORKER where this process's cores differ in speed (processes.cores_differ, read
-    once), else PROCESS_TASKS_PER_WORKER."""
+def process_tasks_per_worker(W):
+    """Tasks per worker in the matmul phases on W worker processes: NUMPY_MIXER_TASKS_PER_WORKER if set (1
+    to 16), else UNEVEN_TASKS_PER_WORKER where this process's cores differ in speed (processes.cores_differ,
+    read once), else MANY_TASKS_PER_WORKER from MANY_WORKERS workers on, else PROCESS_TASKS_PER_WORKER."""
     global _uneven
     chosen = os.environ.get(TASKS_ENV, "").strip()
     if chosen:
@@ -467,7 +472,9 @@ def process_tasks_per_worker():
         return int(chosen)
     if _uneven is None:
         _uneven = processes.cores_differ()
-    return UNEVEN_TASKS_PER_WORKER if _uneven else PROCESS_TASKS_PER_WORKER
+    if _uneven:
+        return UNEVEN_TASKS_PER_WORKER
+    return MANY_TASKS_PER_WORKER if W >= MANY_WORKERS else PROCESS_TASKS_PER_WORKER
 
 
 _uneven = None
@@ -476,7 +483,7 @@ _uneven = None
 def _forward_processes(x, params, patch_size, W, times=None):
     """forward_features on worker processes (numpy_mixer.processes): this one and W-1 helpers, over shared
     memory, each taking the tiles of a phase from the task queue as it asks for them."""
-    job = shapes(x, params, patch_size, process_tasks_per_worker())
+    job = shapes(x, params, patch_size, process_tasks_per_worker(W))
     mine = None
     if times is not None:
         job["profile"], mine = True, []  # the helpers send their phase times back

@@ -58,7 +58,8 @@ def test_fast_matches_readable(arch, batch, classes):
 
 
 # tasks per worker of every plan fast.py makes: threads', and worker processes' where the cores are alike or not
-PLANS_PER_WORKER = sorted({fast.TASKS_PER_WORKER, fast.PROCESS_TASKS_PER_WORKER, fast.UNEVEN_TASKS_PER_WORKER})
+PLANS_PER_WORKER = sorted({fast.TASKS_PER_WORKER, fast.PROCESS_TASKS_PER_WORKER, fast.MANY_TASKS_PER_WORKER,
+                           fast.UNEVEN_TASKS_PER_WORKER})
 WORKER_COUNTS = (1, 2, 3, 8, 16)  # 8 and 16 oversubscribe a 2-core machine: fine, the bits must not move
 
 
@@ -504,8 +505,8 @@ def test_benchmark_phase_model(tmp_path, mode):
     assert "a model, not a measurement" in result.stdout and f"on worker {mode}" in result.stdout
     rows = json.loads((tmp_path / "phases.json").read_text())
     assert [(r["batch"], r["workers"]) for r in rows] == [(b, w) for b in (1, 2) for w in (1, 2, 16)]
-    per_worker = fast.process_tasks_per_worker() if mode == "processes" else fast.TASKS_PER_WORKER
     for r in rows:
+        per_worker = fast.process_tasks_per_worker(r["workers"]) if mode == "processes" else fast.TASKS_PER_WORKER
         # the task counts printed are the planner's own for that mode (bench.py imports it from fast.py)
         c = config_for("mixer_s32_224")
         plan = fast.plan(r["batch"], c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, r["workers"],

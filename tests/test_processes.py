@@ -402,12 +402,13 @@ def test_tasks_per_worker_set_by_hand_or_one_line(value):
         patch.setenv(fast.TASKS_ENV, value)
         text = value.strip()
         if not text:
-            assert fast.process_tasks_per_worker() in (fast.PROCESS_TASKS_PER_WORKER, fast.UNEVEN_TASKS_PER_WORKER)
+            assert fast.process_tasks_per_worker(2) in (fast.PROCESS_TASKS_PER_WORKER, fast.UNEVEN_TASKS_PER_WORKER)
+            assert fast.process_tasks_per_worker(16) in (fast.MANY_TASKS_PER_WORKER, fast.UNEVEN_TASKS_PER_WORKER)
         elif text.isdecimal() and 1 <= int(text) <= fast.MAX_TASKS_PER_WORKER:
-            assert fast.process_tasks_per_worker() == int(text)
+            assert fast.process_tasks_per_worker(2) == fast.process_tasks_per_worker(16) == int(text)
         else:
             with pytest.raises(MixerError) as e:
-                fast.process_tasks_per_worker()
+                fast.process_tasks_per_worker(2)
             assert "\n" not in str(e.value) and fast.TASKS_ENV in str(e.value)
 
 
