@@ -9,9 +9,10 @@
 #    README and notebook 5);
 # 2. with the time left, the profile of real passes on the largest thread count (where a pass goes:
 #    outside, critical by phase, sync, imbalance, contention): OUT_FOLDER/profile.md;
-# 3. the same profile with two tasks per worker process (NUMPY_MIXER_TASKS_PER_WORKER=2: smaller tiles, which
-#    the task queue hands to whichever worker is free; does it take back some of the imbalance?):
-#    OUT_FOLDER/profile2.md;
+# 3. the same profile with one task per worker process (NUMPY_MIXER_TASKS_PER_WORKER=1: the largest tiles, one
+#    round of them; numpy_mixer gives two each from 4 workers on, which the task queue hands to whichever worker
+#    is free: how much of the imbalance does that take back, and what do the smaller tiles cost?):
+#    OUT_FOLDER/profile1.md;
 # 4. then the kernels on one thread, NumPy against PyTorch: OUT_FOLDER/kernels.md.
 # Every step stops at the time left of SECONDS, so the whole run ends within it; a step cut short
 # leaves what it printed so far. Needs numpy, threadpoolctl, torch, timm, onnxruntime (and onnx for the
@@ -44,6 +45,6 @@ step "scaling benchmark, $threads threads" bench.md --threads "$threads" --repea
     --markdown --json "$out/manycore.json"
 step "profile, ${threads%%,*} threads" profile.md --profile --threads "${threads%%,*}" --batch-sizes 1,8,32 \
     --repeats 3 --markdown
-NUMPY_MIXER_TASKS_PER_WORKER=2 step "profile, ${threads%%,*} threads, two tasks per worker process" profile2.md \
+NUMPY_MIXER_TASKS_PER_WORKER=1 step "profile, ${threads%%,*} threads, one task per worker process" profile1.md \
     --profile --threads "${threads%%,*}" --batch-sizes 1,8,32 --repeats 3 --markdown
 step "kernels, 1 thread" kernels.md --kernels --batch-sizes 1,32 --markdown
