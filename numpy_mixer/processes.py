@@ -445,13 +445,21 @@ def take(read_fd, tiles):
 
 # --- the pool, seen from the calling process ---------------------------------------------------------------
 
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding this numpy_mixer
+
+
 def helper_env():
-    """The environment of a helper process: single-threaded BLAS, and this numpy_mixer first on its path
-    (the one imported here, installed or not)."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The environment of a helper process: single-threaded BLAS."""
     return dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                VECLIB_MAXIMUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-                    [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+                VECLIB_MAXIMUM_THREADS="1")
+
+
+def helper_code(rank, W, down_fd, up_fd, tasks_fd):
+    """The `python -c` program of helper `rank`: this numpy_mixer (the one imported here, installed or not) put
+    first on its path, ahead of the current folder that `-c` puts first (a numpy_mixer folder there, another
+    version of it, would otherwise run in the helpers: tiles planned by one version, run by another)."""
+    return (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
+            f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_fd}, {up_fd}, {tasks_fd})")
 
 
 def _send(conn, message):
@@ -505,8 +513,7 @@ class Pool:
                     opened += [down_r, down_w]
                     up_r, up_w = _pipe()  # worker -> this process
                     opened += [up_r, up_w]
-                    code = (f"from numpy_mixer.processes import worker_main; "
-                            f"worker_main({rank}, {W}, {down_r}, {up_w}, {self.queue.read_fd})")
+                    code = helper_code(rank, W, down_r, up_w, self.queue.read_fd)
                     proc = subprocess.Popen([sys.executable, "-c", code], env=env, close_fds=True,
                                             pass_fds=(down_r, up_w, self.queue.read_fd),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -520,7 +527,10 @@ class Pool:
                 self.procs.append(proc)
                 self.conns.append((Connection(up_r, writable=False), Connection(down_w, readable=False)))
             for rank, (up, _) in enumerate(self.conns, 1):
-                self._reply(rank, up, START_SECONDS, "start")
+                hello = self._reply(rank, up, START_SECONDS, "start")
+                if hello.get("module") != os.path.abspath(__file__):  # never two versions in one pass
+                    raise WorkerError(f"numpy-mixer worker process {rank} runs {hello.get('module')}, not "
+                                      f"{os.path.abspath(__file__)}; reinstall numpy-mixer, or set {ENV}=threads")
             self._broadcast({"op": "control", "path": self.control_file.path})
             self._collect("map the control block")
         except BaseException:
@@ -714,7 +724,7 @@ def worker_main(rank, W, down_fd, up_fd, tasks_fd):
     down, up = Connection(down_fd, writable=False), Connection(up_fd, readable=False)
     parent = os.getppid()
     state = {}
-    _send(up, {"hello": os.getpid()})
+    _send(up, {"hello": os.getpid(), "module": os.path.abspath(__file__)})
 
     def parent_alive():
         if os.getppid() != parent:

@@ -462,3 +462,38 @@ def test_a_forked_child_runs_its_own_workers(model_file, mode, monkeypatch):
     if mode == "processes":  # the child closed nothing of the parent's: no abort flag in its shared control block
         assert parent_pool.control[parent_pool.W * processes.FLAG_STRIDE] == 0
     np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
+
+
+def test_helpers_run_this_numpy_mixer_whatever_the_current_folder(model_file, tmp_path, monkeypatch):
+    """`python -c` puts the current folder first on the path: a numpy_mixer folder there (a checkout,
+    another version) must not run in the helpers, whose plan would then differ from this process's."""
+    fake = tmp_path / "numpy_mixer"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "processes.py").write_text("raise SystemExit('the numpy_mixer of the current folder ran')\n")
+    model = load_model(model_file)
+    x = np.random.default_rng(3).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    want = fast.forward_features(x, model.params, P, workers=1)
+    monkeypatch.chdir(tmp_path)
+    processes.discard()
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2), want)
+
+
+def test_helpers_of_another_numpy_mixer_are_refused_in_one_line(model_file, tmp_path, monkeypatch):
+    """Helpers that came up running another copy of numpy_mixer (the package replaced on disk, a path set
+    by hand) are refused when they say hello, before any pass: one line naming both."""
+    import shutil
+    package = os.path.dirname(processes.__file__)
+    copy = tmp_path / "numpy_mixer"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    monkeypatch.setattr(processes, "PACKAGE_PARENT", str(tmp_path))
+    started, popen = [], processes.subprocess.Popen
+    monkeypatch.setattr(processes.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    model = load_model(model_file)
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    processes.discard()
+    with pytest.raises(processes.WorkerError) as e:
+        fast.forward_features(x, model.params, P, workers=2)
+    message = str(e.value)
+    assert "\n" not in message and str(copy / "processes.py") in message and processes.__file__ in message
+    assert len(started) == 1 and started[0].wait(timeout=10) is not None  # and it is gone, not left running
