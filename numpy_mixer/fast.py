@@ -59,7 +59,7 @@ TASKS_PER_WORKER = 2  # tasks per worker in the matmul phases on threads: slack 
 PROCESS_TASKS_PER_WORKER = 1
 # ... from MANY_WORKERS on, two: with many workers, some fall behind in every phase (on 16 cores, the busiest
 # worker was 33-71% above the mean with one task each), and smaller tiles let the others take over. Measured in
-# turns on a 16-core Xeon, b16, 2 per worker against 1: 0.99x / 1.13x / 1.00x at batch 1 / 8 / 32 on 16
+# turns on a 16-core Xeon, b16, 2 per worker against 1: 0.99x / 1.12x / 1.00x at batch 1 / 8 / 32 on 16
 # workers, 1.04x / 1.26x at batch 1 / 8 on 8, 0.97x / 1.05x on 4 (3 per worker on 16: 0.90x / 1.06x / 0.98x).
 MANY_WORKERS = 4
 MANY_TASKS_PER_WORKER = 2
