@@ -432,10 +432,14 @@ def kernels(model, arch, batch_sizes, markdown, repeats=7):
             torch.set_num_threads(1)
         for B in batch_sizes:
             # (name, M, K, N, b transposed) of out[M, N] = a[M, K] @ b[K, N], laid out as the fast path has
-            # them: token mixing weight @ stream, channel mixing stream @ weight.T (a [N, K] weight)
+            # them: token mixing weight @ stream; channel mixing stream @ weight.T (a [N, K] weight), or for a
+            # few rows (fast.hidden_major) weight @ stream.T into hidden-unit-major activations, then weight @ hidden
+            if fast.hidden_major(N * B):
+                channel = [("channel fc1", H, C, N * B, True), ("channel fc2", C, H, N * B, False)]
+            else:
+                channel = [("channel fc1", N * B, C, H, True), ("channel fc2", N * B, H, C, True)]
             for name, M, K, Nn, transposed in [("token fc1", T, N, B * C, False), ("token fc2", N, T, B * C, False),
-                                               ("channel fc1", N * B, C, H, True),
-                                               ("channel fc2", N * B, H, C, True)]:
+                                               *channel]:
                 a = rng.standard_normal((M, K), dtype=np.float32)
                 b = rng.standard_normal((Nn, K) if transposed else (K, Nn), dtype=np.float32)
                 b_view = b.T if transposed else b

@@ -13,8 +13,9 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   and W-1 worker processes over shared memory (numpy_mixer.processes: threads would share one GIL, and
   on 16 cores that made the pass 2-5x slower); elsewhere, or with NUMPY_MIXER_WORKERS=threads, threads.
 - work sized from W and B (see Plan): the matmul phases have TASKS_PER_WORKER tasks per worker or
-  more at every batch size, batch 1 included (on worker processes, process_tasks_per_worker(): one
-  round of the largest tiles where the cores are alike), in task counts that fill whole rounds of W. The
+  more at every batch size, batch 1 included (on worker processes, process_tasks_per_worker(W): one
+  round of the largest tiles on 2 or 3 workers whose cores are alike, two from 4 workers on), in task
+  counts that fill whole rounds of W. The
   channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
   a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
   also split by rows, in tiles at most square (taller ones ran faster) of at most TILE_ELEMS
@@ -61,7 +62,7 @@ PROCESS_TASKS_PER_WORKER = 1
 # worker was 33-71% above the mean with one task each), and smaller tiles let the others take over. Measured in
 # turns on a 16-core Xeon, b16, 2 per worker against 1: 0.99x / 1.12x / 1.00x at batch 1 / 8 / 32 on 16
 # workers, 1.04x / 1.26x at batch 1 / 8 on 8, 0.97x / 1.05x on 4 (3 per worker on 16: 0.90x / 1.06x / 0.98x).
-MANY_WORKERS = 4
+MANY_WORKERS = 4  # at 4, within the noise (0.97x / 1.05x); clear from 8 on
 MANY_TASKS_PER_WORKER = 2
 # ... and where the cores differ (processes.cores_differ: performance and efficiency cores), smaller tiles, so that
 # the fast cores take more of them. On 2 cores, one of them shared with a busy loop (a core at half speed), the
@@ -297,7 +298,8 @@ def _grid(rows, cols, inner, tasks, W):
     square = math.sqrt(want * band / cols)  # r row splits x want/r column splits, rows/r ~ cols/(want/r)
     # a row split that divides `want`, so that the tiles fill whole rounds of workers (33 tasks on 16
     # workers take three rounds, 32 take two), at most square: taller tiles ran faster than square ones
-    # (b16, batch 1, 32 tasks on 1 core: fc2 in 98 x 48 tiles 88 GFLOP/s, in 49 x 96 tiles 77)
+    # (b16, batch 1, 32 tasks on 1 core: fc2 in 98 x 48 tiles 88 GFLOP/s, in 49 x 96 tiles 77; row-major.
+    # Hidden-unit-major, session 8: fc2 in 98 x 96 and 196 x 48 tiles 110-114, in 49 x 192 tiles 100)
     fits = [r for r in range(1, min(want, band // MIN_ROWS) + 1) if want % r == 0] or [1]
     row_splits = max([r for r in fits if r <= square] or fits[:1])
     tiles = []
@@ -320,7 +322,7 @@ class Plan:
     fc2:   ((r0, r1), (c0, c1)) tiles of the output [N*B, C].
     """
 
-    def __init__(self, B, N, C, T, H, W, patch_inputs, tasks_per_worker=TASKS_PER_WORKER):
+    def __init__(self, B, N, C, T, H, W, patch_inputs, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None):
         rows = N * B
         self.shape, self.workers = dict(B=B, N=N, C=C, T=T, H=H), W
         whole_rounds = lambda n: -(-n // W) * W  # noqa: E731 (n tasks rounded up to fill whole rounds of W)
@@ -340,7 +342,7 @@ class Plan:
             self.token = _split(cols, len(self.token) // W * W, QUANTUM, least)
         self.fc1 = _grid(rows, H, C, tasks_per_worker * W, W)
         self.fc2 = _grid(rows, C, H, tasks_per_worker * W, W)
-        self.hidden_major = hidden_major(rows)
+        self.hidden_major = hidden_major(rows) if hidden_unit_major is None else hidden_unit_major
 
     def phases(self, depth):
         """(phase name, tasks) in the order they run, barriers between them."""
@@ -355,12 +357,13 @@ class Plan:
         return {"token": len(self.token), "norm": len(self.norm), "fc1": len(self.fc1), "fc2": len(self.fc2)}
 
 
-def plan(B, N, C, T, H, W, patch_inputs=768, tasks_per_worker=TASKS_PER_WORKER):
+def plan(B, N, C, T, H, W, patch_inputs=768, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None):
     """The Plan for batch B of a model with N tokens, C channels, T and H hidden widths, on W workers
     (patch_inputs: 3 P^2 values per patch, the stem's inner dimension), with at least tasks_per_worker
-    tasks per worker in the matmul phases (TASKS_PER_WORKER for threads, process_tasks_per_worker() for
-    worker processes)."""
-    return Plan(B, N, C, T, H, W, patch_inputs, tasks_per_worker)
+    tasks per worker in the matmul phases (TASKS_PER_WORKER for threads, process_tasks_per_worker(W) for
+    worker processes), and the hidden activations hidden-unit-major if hidden_unit_major (None: as
+    hidden_major(N * B) says)."""
+    return Plan(B, N, C, T, H, W, patch_inputs, tasks_per_worker, hidden_unit_major)
 
 
 # --- the whole model ----------------------------------------------------------------------------------
@@ -500,6 +503,7 @@ def _forward_processes(x, params, patch_size, W, times=None):
         pool.use_weights(params)
         buffer = pool.use_activations(buffer_size(layout_of(job)))
         a, steps = _prepare(x, params, job, W, buffer)
+        job["plan"] = plan_key(steps)  # each helper plans the pass itself, and checks it got the same tiles
         scratch = _scratch()
 
         def take(i, tiles):  # this process's tasks, from the queue the helpers read
@@ -528,9 +532,10 @@ def time_tasks(x, params, patch_size=16, plan_workers=1, tasks_per_worker=TASKS_
         return _forward(x, params, job, 1, plan_workers, record), record
 
 
-def _layout(B, N, C, H, patch_inputs):
-    """(name, shape) of the forward pass's arrays, in the order they sit in one buffer."""
-    hidden = (H, N * B) if hidden_major(N * B) else (N * B, H)
+def _layout(B, N, C, H, patch_inputs, hidden_unit_major):
+    """(name, shape) of the forward pass's arrays, in the order they sit in one buffer (the hidden activations
+    [H, N*B] if hidden_unit_major, else [N*B, H])."""
+    hidden = (H, N * B) if hidden_unit_major else (N * B, H)
     return [("patches", (N * B, patch_inputs)),  # the stem's input, token-major: [N*B, 3*P*P]
             ("tokens", (N, B, C)),  # the residual stream, token-major
             ("normed", (N, B, C)),  # LayerNorm of it: norm1, norm2 or the final norm
@@ -632,28 +637,37 @@ def run_phases(steps, barrier, share, scratch, times=None):
 
 
 def shapes(x, params, patch_size, tasks_per_worker=TASKS_PER_WORKER):
-    """{B, N, C, T, H, P, patch_inputs, per_worker} of one forward pass (what worker processes are sent);
-    per_worker: the plan's tasks per worker."""
+    """{B, N, C, T, H, P, patch_inputs, per_worker, hidden_major} of one forward pass (what worker processes
+    are sent): per_worker, the plan's tasks per worker; hidden_major, the hidden activations' layout (decided
+    here, once, for every worker)."""
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
     B, channels, height, width = x.shape
     P = patch_size
     _, C, T, H = model_shape(params, P, P)
-    return dict(B=B, N=(height // P) * (width // P), C=C, T=T, H=H, P=P, patch_inputs=channels * P * P,
-                per_worker=tasks_per_worker)
+    N = (height // P) * (width // P)
+    return dict(B=B, N=N, C=C, T=T, H=H, P=P, patch_inputs=channels * P * P, per_worker=tasks_per_worker,
+                hidden_major=hidden_major(N * B))
 
 
 def layout_of(job):
     """_layout of a pass of these shapes."""
-    return _layout(job["B"], job["N"], job["C"], job["H"], job["patch_inputs"])
+    return _layout(job["B"], job["N"], job["C"], job["H"], job["patch_inputs"], job["hidden_major"])
 
 
 def steps_of(p, job, W, buffer=None):
     """(arrays, phase steps) of one pass of shapes `job` on W workers, the arrays in buffer (or new)."""
     layout = layout_of(job)
     a = arrays(layout, None if buffer is None else buffer[:buffer_size(layout)])
-    tasks = plan(*(job[k] for k in ("B", "N", "C", "T", "H")), W, job["patch_inputs"], job["per_worker"])
+    tasks = plan(*(job[k] for k in ("B", "N", "C", "T", "H")), W, job["patch_inputs"], job["per_worker"],
+                 job["hidden_major"])
     return a, phases(p, a, tasks, job["P"])
+
+
+def plan_key(steps):
+    """A number that names the tiles of every phase of a pass (the same in every process: ints hash alike
+    everywhere), so that worker processes can check they run the pass the calling process planned."""
+    return hash(tuple(tuple(tiles) for _, tiles, _ in steps))
 
 
 def _prepare(x, params, job, plan_workers, buffer=None):

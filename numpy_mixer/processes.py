@@ -25,6 +25,7 @@ How:
   forgets its parent's pool and starts its own (_forget_after_fork).
 """
 import atexit
+import hashlib
 import json
 import mmap
 import os
@@ -445,9 +446,6 @@ def take(read_fd, tiles):
 
 # --- the pool, seen from the calling process ---------------------------------------------------------------
 
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding this numpy_mixer
-
-
 def helper_env():
     """The environment of a helper process: single-threaded BLAS."""
     return dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -455,11 +453,27 @@ def helper_env():
 
 
 def helper_code(rank, W, down_fd, up_fd, tasks_fd):
-    """The `python -c` program of helper `rank`: this numpy_mixer (the one imported here, installed or not) put
-    first on its path, ahead of the current folder that `-c` puts first (a numpy_mixer folder there, another
-    version of it, would otherwise run in the helpers: tiles planned by one version, run by another)."""
-    return (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
+    """The `python -c` program of helper `rank`: this process's import path first, so that the helper imports
+    what this process imported (this numpy_mixer, installed or not, and this numpy). `-c` alone would put the
+    current folder first, and a numpy_mixer folder there, another version, would run in the helpers."""
+    return (f"import sys; sys.path[:0] = {[os.path.abspath(p) for p in sys.path]!r}; "
             f"from numpy_mixer.processes import worker_main; worker_main({rank}, {W}, {down_fd}, {up_fd}, {tasks_fd})")
+
+
+def _fingerprint():
+    """What a helper must share with this process: the numpy_mixer module it runs, a digest of the package's
+    code as it was when it was imported (a package replaced on disk since is another one), and numpy."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return {"module": os.path.abspath(__file__), "code": digest.hexdigest()[:16],
+            "numpy": f"{np.__version__} {os.path.abspath(np.__file__)}"}
+
+
+FINGERPRINT = _fingerprint()
 
 
 def _send(conn, message):
@@ -528,9 +542,13 @@ class Pool:
                 self.conns.append((Connection(up_r, writable=False), Connection(down_w, readable=False)))
             for rank, (up, _) in enumerate(self.conns, 1):
                 hello = self._reply(rank, up, START_SECONDS, "start")
-                if hello.get("module") != os.path.abspath(__file__):  # never two versions in one pass
-                    raise WorkerError(f"numpy-mixer worker process {rank} runs {hello.get('module')}, not "
-                                      f"{os.path.abspath(__file__)}; reinstall numpy-mixer, or set {ENV}=threads")
+                theirs = hello.get("fingerprint") or {}
+                differ = [k for k in FINGERPRINT if theirs.get(k) != FINGERPRINT[k]]
+                if differ:  # never two versions in one pass
+                    what = "; ".join(f"{k} {theirs.get(k, '(none)')} where this process has {FINGERPRINT[k]}"
+                                     for k in differ)
+                    raise WorkerError(f"numpy-mixer worker process {rank} runs another numpy-mixer ({what}); "
+                                      f"restart Python (was numpy-mixer reinstalled?), or set {ENV}=threads")
             self._broadcast({"op": "control", "path": self.control_file.path})
             self._collect("map the control block")
         except BaseException:
@@ -724,7 +742,7 @@ def worker_main(rank, W, down_fd, up_fd, tasks_fd):
     down, up = Connection(down_fd, writable=False), Connection(up_fd, readable=False)
     parent = os.getppid()
     state = {}
-    _send(up, {"hello": os.getpid(), "module": os.path.abspath(__file__)})
+    _send(up, {"hello": os.getpid(), "fingerprint": FINGERPRINT})
 
     def parent_alive():
         if os.getppid() != parent:
@@ -770,4 +788,8 @@ def worker_main(rank, W, down_fd, up_fd, tasks_fd):
 
 def _run_share(fast, job, state, W, tasks_fd, barrier, scratch, times=None):
     _, steps = fast.steps_of(state["params"], job, W, state["activations"])
+    if fast.plan_key(steps) != job["plan"]:  # never a tile of another plan in the shared arrays
+        raise MixerError("it planned other tiles than the calling process (its numpy_mixer differs, or a "
+                         "setting of numpy_mixer.fast was changed after the workers started); the next call "
+                         "starts new ones")
     fast.run_phases(steps, barrier, lambda i, tiles: take(tasks_fd, tiles), scratch, times)

@@ -480,20 +480,47 @@ def test_helpers_run_this_numpy_mixer_whatever_the_current_folder(model_file, tm
 
 
 def test_helpers_of_another_numpy_mixer_are_refused_in_one_line(model_file, tmp_path, monkeypatch):
-    """Helpers that came up running another copy of numpy_mixer (the package replaced on disk, a path set
-    by hand) are refused when they say hello, before any pass: one line naming both."""
+    """Helpers that came up running another copy of numpy_mixer (a path set by hand, the package replaced on
+    disk since this process imported it: another digest of its code) are refused when they say hello,
+    before any pass: one line naming what differs."""
     import shutil
-    package = os.path.dirname(processes.__file__)
     copy = tmp_path / "numpy_mixer"
-    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    monkeypatch.setattr(processes, "PACKAGE_PARENT", str(tmp_path))
+    shutil.copytree(os.path.dirname(processes.__file__), copy, ignore=shutil.ignore_patterns("data", "__pycache__"))
     started, popen = [], processes.subprocess.Popen
     monkeypatch.setattr(processes.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
     model = load_model(model_file)
     x = np.zeros((1, 3, 224, 224), np.float32)
-    processes.discard()
+    code = processes.helper_code
+    for how in ("another copy", "replaced on disk"):
+        with monkeypatch.context() as patch:
+            if how == "another copy":  # the copy first on the helpers' path
+                patch.setattr(processes, "helper_code", lambda *a: code(*a).replace(
+                    "from numpy_mixer", f"sys.path.insert(0, {str(tmp_path)!r}); from numpy_mixer", 1))
+            else:  # this process's digest as if the files had changed since it imported them
+                patch.setitem(processes.FINGERPRINT, "code", "0" * 16)
+            processes.discard()
+            with pytest.raises(processes.WorkerError) as e:
+                fast.forward_features(x, model.params, P, workers=2)
+        message = str(e.value)
+        assert "\n" not in message and "another numpy-mixer" in message, how
+        assert (str(copy / "processes.py") in message) if how == "another copy" else ("0" * 16 in message)
+        assert started[-1].wait(timeout=10) is not None  # and it is gone, not left running
+
+
+def test_a_setting_changed_after_the_workers_started_is_one_line_not_wrong_tiles(model_file, monkeypatch):
+    """The helpers plan each pass themselves: a plan setting changed in this process only (the helpers
+    keep theirs) must stop the pass in one line, never mix two plans' tiles in the shared arrays. The
+    hidden activations' layout travels with the pass, so changing its rule is fine."""
+    model = load_model(model_file)
+    x = np.random.default_rng(4).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    want = fast.forward_features(x, model.params, P, workers=1)
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2), want)  # workers up
+    monkeypatch.setattr(fast, "HIDDEN_MAJOR_ROWS", 0)  # row-major here, the helpers still say hidden-major
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2), want)
+    monkeypatch.setattr(fast, "NORM_ROWS", 16)  # more LayerNorm tiles here than in the helpers' plan
     with pytest.raises(processes.WorkerError) as e:
         fast.forward_features(x, model.params, P, workers=2)
-    message = str(e.value)
-    assert "\n" not in message and str(copy / "processes.py") in message and processes.__file__ in message
-    assert len(started) == 1 and started[0].wait(timeout=10) is not None  # and it is gone, not left running
+    assert "\n" not in str(e.value) and "planned other tiles" in str(e.value)
+    monkeypatch.undo()
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", "processes")
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2), want)  # new workers
