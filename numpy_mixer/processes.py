@@ -465,11 +465,15 @@ def _fingerprint():
     code as it was when it was imported (a package replaced on disk since is another one), and numpy."""
     folder = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read())
-    return {"module": os.path.abspath(__file__), "code": digest.hexdigest()[:16],
+    try:
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+        code = digest.hexdigest()[:16]
+    except OSError:  # not a folder of files (a zip): the module's path and numpy's must do
+        code = "unreadable"
+    return {"module": os.path.abspath(__file__), "code": code,
             "numpy": f"{np.__version__} {os.path.abspath(np.__file__)}"}
 
 
