@@ -483,9 +483,11 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
           "barriers), then by phase kind; sync: the phases' span (the longest worker's) beyond it (barriers, "
           "workers released late); imbalance: the part of critical above the workers' mean; contention: the "
           "workers' summed task time over the same tasks' time one at a time on one thread (1.00: as fast as "
-          "alone)")
+          "alone); caller busiest: the share of phases in which this process (worker 0) was the busiest worker "
+          "(1/W: as often as any); slowest worker: the largest worker's summed task time over the workers' mean "
+          "(1.00: the imbalance moves from worker to worker, no worker is slow throughout)")
     header = ["threads", "workers", "batch", "img/s", "wall", "outside", "critical", *(f"  {k}" for k in PHASE_KINDS),
-              "sync", "imbalance", "contention"]
+              "sync", "imbalance", "contention", "caller busiest", "slowest worker"]
     table, results = [], []
     for W in counts:
         # what forward_features runs: worker processes (their plan) for W > 1 where supported, else threads
@@ -506,14 +508,21 @@ def profile_table(model, arch, batch_sizes, counts, repeats, markdown):
             busiest = [max(w[i][1] for w in workers) for i in range(phases)]
             mean = [sum(w[i][1] for w in workers) / len(workers) for i in range(phases)]
             by_kind = {k: sum(b for (name, _, _), b in zip(workers[0], busiest) if name == k) for k in PHASE_KINDS}
+            # is the imbalance the same workers every phase, or anyone's? the calling process (worker 0, which
+            # also hands out the tasks) busiest in what share of the phases, and the summed task time of the
+            # slowest worker over the workers' mean (1.00: nobody slower overall, the imbalance moves around)
+            caller = sum(workers[0][i][1] >= busiest[i] for i in range(phases)) / phases
+            totals = [sum(work for _, work, _ in w) for w in workers]
             row = dict(threads=W, batch=B, mode=mode, wall_s=run["wall"], outside_s=run["wall"] - span,
                        critical_s=sum(busiest), critical_by_kind_s=by_kind, sync_s=span - sum(busiest),
-                       imbalance_s=sum(busiest) - sum(mean), contention=sum(mean) * len(workers) / alone)
+                       imbalance_s=sum(busiest) - sum(mean), contention=sum(mean) * len(workers) / alone,
+                       caller_busiest=caller, slowest_worker=max(totals) / (sum(totals) / len(totals)))
             results.append(row)
             ms = lambda s: f"{s * 1e3:.1f}"  # noqa: E731
             table.append([str(W), mode, str(B), f"{B / run['wall']:.2f}", ms(run["wall"]), ms(row["outside_s"]),
                           ms(row["critical_s"]), *(ms(by_kind[k]) for k in PHASE_KINDS), ms(row["sync_s"]),
-                          ms(row["imbalance_s"]), f"{row['contention']:.2f}"])
+                          ms(row["imbalance_s"]), f"{row['contention']:.2f}", f"{caller:.0%}",
+                          f"{row['slowest_worker']:.2f}"])
     print(fmt_table(header, table, markdown))
     return results
 

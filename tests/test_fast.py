@@ -459,8 +459,10 @@ def test_benchmark_profile(tmp_path):
         assert 0 < r["outside_s"] < 0.5 * r["wall_s"] and r["critical_s"] > busy * r["wall_s"], r
         assert 0.5 < r["contention"] < 1.8, r
         assert r["sync_s"] > -0.05 * r["wall_s"], r  # the longest worker's span holds the busiest phases
+        assert 0 <= r["caller_busiest"] <= 1 and 1 <= r["slowest_worker"] < 2, r
         if r["threads"] == 1:  # one worker: no one to wait for, nothing above the mean
             assert r["imbalance_s"] == 0 and abs(r["sync_s"]) < 0.05 * r["wall_s"], r
+            assert r["caller_busiest"] == 1 and r["slowest_worker"] == 1, r
     first, second = (r["critical_by_kind_s"] for r in rows[:2])
     assert second["fc1"] > first["fc1"] and second["token"] > first["token"]  # batch 2 costs more than batch 1
 
