@@ -171,7 +171,7 @@ def read_or_error(model, img, known=None):
     except MixerError as e:
         return e
     except _DECODE_ERRORS as e:  # one that load_image's own checks did not turn into a MixerError
-        return MixerError(f"{image_name(img)}: cannot read the image ({type(e).__name__}: {e}) - check the file")
+        return _unreadable(image_name(img), e)
 
 
 def image_name(img):

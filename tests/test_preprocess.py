@@ -284,3 +284,20 @@ def test_images_by_url_get_the_same_checks_before_decoding_as_files(tmp_path):
             as_file = one_line_error(tmp_path / name, words)
             as_url = one_line_error(f"{base}/{name}", words)
             assert as_url == as_file.replace(str(tmp_path), base)
+
+
+@pytest.mark.parametrize("error", [ValueError("Decompressed Data Too Large\nin a text chunk"), OSError(), EOFError("")])
+def test_read_or_error_turns_a_stray_decoder_error_into_one_line_naming_the_image(error):
+    """predict's and embed's reader: an error that load_image's own checks let through (here raised by
+    the model's preprocess itself) comes back as one MixerError line naming the image, never raised."""
+    from numpy_mixer.preprocess import read_or_error
+
+    class Model:
+        def preprocess(self, img):
+            raise error
+
+    result = read_or_error(Model(), "photo.png")
+    assert isinstance(result, MixerError)
+    text = str(result)
+    assert "\n" not in text and text.startswith("photo.png: cannot read the image (") and "check the file" in text
+    assert read_or_error(Model(), np.zeros((2, 2, 3), np.uint8)).args[0].startswith("a ndarray: ")
