@@ -21,7 +21,9 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   also split by rows, in tiles at most square (taller ones ran faster) of at most TILE_ELEMS
   outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
   after another, so each weight is read from memory about once per band (once per block up to
-  batch 4). LayerNorm phases get about one task per worker: each task costs 12 NumPy calls of Python.
+  batch 4). From two tasks per worker on, the tiles come in two widths (GUIDED_SHARES), the wide ones
+  handed out first, so that a worker that falls behind ends the phase on a narrow one. LayerNorm
+  phases get about one task per worker: each task costs 12 NumPy calls of Python.
 - tasks handed out as the workers ask for them (a shared iterator for threads, a pipe for worker
   processes: processes.TaskQueue), so a worker that falls behind takes fewer; every value is
   computed by the same operations whichever task holds it (LayerNorm sums row by row, no matmul
@@ -83,6 +85,12 @@ MIN_ROWS = 2  # never 1 row: NumPy/OpenBLAS would switch to a matrix-vector prod
 MIN_TILE_MACS = 1 << 21
 HIDDEN_MAJOR_ROWS = 400  # up to this many rows (batch 1 and 2 of 196 tokens), the hidden activations are [H, N*B]
 GELU_PIECE = 1 << 16  # elements per GELU step: its work buffers stay in cache
+# With two tasks per worker or more, a matmul phase's tiles come in two sizes, the first half of them twice as
+# wide as the second (GUIDED_SHARES, handed out largest first), so that a worker that falls behind ends the phase
+# on a short tile. Measured in turns on a 16-core Xeon, b16 on 16 workers, against even tiles: 1.06x / 1.06x /
+# 1.16x at batch 1 / 8 / 32 (3 rounds; 3:1 shares 1.05x / 1.04x / 1.11x), and in an earlier run of 2 rounds
+# 0.99x / 0.94x / 1.13x. On 2 cores, threads or 2 tasks per worker process, within 1-2% either way.
+GUIDED_SHARES = (2, 1)
 
 try:  # threadpoolctl lets the workers run single-threaded BLAS side by side
     from threadpoolctl import ThreadpoolController
@@ -281,14 +289,17 @@ def _split(n, parts, quantum=1, least=1):
     return [(0, n)]
 
 
-def _grid(rows, cols, inner, tasks, W):
+def _grid(rows, cols, inner, tasks, W, guided=()):
     """Tiles ((r0, r1), (c0, c1)) of a [rows, cols] = [rows, inner] @ [inner, cols] output, in hand-out order.
 
     Rows in bands of at most CHANNEL_ROWS; in each band, tiles no wider than square (taller ones ran
-    faster, see below) of at most TILE_ELEMS outputs, and enough of them for `tasks` over all bands, in
-    a count that fills whole rounds of W workers where the bands allow; none below MIN_TILE_MACS.
-    Hand-out order: band by band, and in a band, column slice by column slice, so that the tasks
-    reading one weight slice run side by side (each weight read once per band).
+    faster, see below) of about TILE_ELEMS outputs at most, and enough of them for `tasks` over all bands,
+    in a count that fills whole rounds of W workers where the bands allow; none below MIN_TILE_MACS.
+    guided: () for columns cut evenly, or (big, small) shares: the first half of each band's column slices
+    that much wider than the second (_guided).
+    Hand-out order: the wide column slices of every band, then the narrow ones (all of them, where the cut
+    is even); band by band, and in a band, column slice by column slice, so that the tasks reading one
+    weight slice run side by side (each weight read about once per band).
     """
     bands = _split(rows, -(-rows // CHANNEL_ROWS))
     band = min(b - a for a, b in bands)
@@ -302,14 +313,47 @@ def _grid(rows, cols, inner, tasks, W):
     # Hidden-unit-major, session 8: fc2 in 98 x 96 and 196 x 48 tiles 110-114, in 49 x 192 tiles 100)
     fits = [r for r in range(1, min(want, band // MIN_ROWS) + 1) if want % r == 0] or [1]
     row_splits = max([r for r in fits if r <= square] or fits[:1])
-    tiles = []
+    wide, narrow = [], []
     for b0, b1 in bands:
         row_tiles = [(b0 + a, b0 + b) for a, b in _split(b1 - b0, row_splits, 1, MIN_ROWS)]
         shortest = min(b - a for a, b in row_tiles)
         least_cols = max(MIN_COLS, -(-MIN_TILE_MACS // (shortest * inner)))
-        col_tiles = _split(cols, want // row_splits, QUANTUM, least_cols)
-        tiles += [(r, c) for c in col_tiles for r in row_tiles]
+        parts = want // row_splits
+        col_tiles = (_guided(cols, parts, QUANTUM, least_cols, guided) if guided else
+                     _split(cols, parts, QUANTUM, least_cols))
+        first = len(col_tiles) // 2 if guided and len(col_tiles) == parts and parts % 2 == 0 else len(col_tiles)
+        wide += [(r, c) for c in col_tiles[:first] for r in row_tiles]
+        narrow += [(r, c) for c in col_tiles[first:] for r in row_tiles]
+    return wide + narrow
+
+
+def _guided(n, parts, quantum, least, shares=GUIDED_SHARES):
+    """(start, stop) ranges cutting range(n) into `parts` pieces, the first half longer than the second in the
+    ratio of shares (big, small), cut at multiples of quantum, none shorter than least; _split's even pieces
+    where that cannot be done (an odd count, pieces too short).
+
+    Handed out in this order, the long tiles go first and the short ones last, so that the workers finish a
+    phase closer together: one that falls behind ends on a short tile."""
+    half = parts // 2
+    if parts < 2 or parts % 2:
+        return _split(n, parts, quantum, least)
+    units = -(-n // quantum)
+    big, small = shares
+    weights = [big] * half + [small] * half
+    total, cuts, at = sum(weights), [0], 0
+    for w in weights:
+        at += w
+        cuts.append(min(n, (at * units // total) * quantum))
+    tiles = [(a, b) for a, b in zip(cuts, cuts[1:])]
+    if len(tiles) != parts or min(b - a for a, b in tiles) < max(least, 1):
+        return _split(n, parts, quantum, least)
     return tiles
+
+
+def guided_shares(tasks_per_worker):
+    """The (big, small) tile shares of a plan with tasks_per_worker tasks per worker: GUIDED_SHARES from two
+    on (two rounds of tasks or more), else () (even tiles)."""
+    return GUIDED_SHARES if tasks_per_worker >= 2 else ()
 
 
 class Plan:
@@ -322,7 +366,8 @@ class Plan:
     fc2:   ((r0, r1), (c0, c1)) tiles of the output [N*B, C].
     """
 
-    def __init__(self, B, N, C, T, H, W, patch_inputs, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None):
+    def __init__(self, B, N, C, T, H, W, patch_inputs, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None,
+                 guided=None):
         rows = N * B
         self.shape, self.workers = dict(B=B, N=N, C=C, T=T, H=H), W
         whole_rounds = lambda n: -(-n // W) * W  # noqa: E731 (n tasks rounded up to fill whole rounds of W)
@@ -336,12 +381,16 @@ class Plan:
         if len(self.token) > W and len(self.token) % W:  # the least tile cut the count short of whole rounds:
             # fewer, wider tiles in whole rounds (b16, batch 1, W = 16: one round of 16 tiles of 48 columns, not
             # 24 of 32 in two rounds, the second half empty: on 1 core a 32-column task took 0.131 ms and a
-            # 48-column one 0.176, so the phase should take 0.176 ms where it took 0.262; not yet measured on
+            # 48-column one 0.176, so the phase should take 0.176 ms where it took 0.262; not measured alone on
             # 16 cores, and the phase model cannot tell: its 1-core times make a phase's first task, the one
             # that brings the weights into cache, the slowest)
             self.token = _split(cols, len(self.token) // W * W, QUANTUM, least)
-        self.fc1 = _grid(rows, H, C, tasks_per_worker * W, W)
-        self.fc2 = _grid(rows, C, H, tasks_per_worker * W, W)
+        guided = tuple(guided_shares(tasks_per_worker) if guided is None else guided)
+        if guided and len(self.token) >= 2 * W:
+            self.token = _guided(cols, len(self.token), QUANTUM, least, guided)
+        self.fc1 = _grid(rows, H, C, tasks_per_worker * W, W, guided)
+        self.fc2 = _grid(rows, C, H, tasks_per_worker * W, W, guided)
+        self.guided = guided
         self.hidden_major = hidden_major(rows) if hidden_unit_major is None else hidden_unit_major
 
     def phases(self, depth):
@@ -357,13 +406,14 @@ class Plan:
         return {"token": len(self.token), "norm": len(self.norm), "fc1": len(self.fc1), "fc2": len(self.fc2)}
 
 
-def plan(B, N, C, T, H, W, patch_inputs=768, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None):
+def plan(B, N, C, T, H, W, patch_inputs=768, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None, guided=None):
     """The Plan for batch B of a model with N tokens, C channels, T and H hidden widths, on W workers
     (patch_inputs: 3 P^2 values per patch, the stem's inner dimension), with at least tasks_per_worker
     tasks per worker in the matmul phases (TASKS_PER_WORKER for threads, process_tasks_per_worker(W) for
-    worker processes), and the hidden activations hidden-unit-major if hidden_unit_major (None: as
-    hidden_major(N * B) says)."""
-    return Plan(B, N, C, T, H, W, patch_inputs, tasks_per_worker, hidden_unit_major)
+    worker processes), the hidden activations hidden-unit-major if hidden_unit_major (None: as
+    hidden_major(N * B) says), and the matmul phases' column slices in two widths, wide ones first, in the
+    ratio guided = (big, small) (None: as guided_shares(tasks_per_worker) says; (): cut evenly)."""
+    return Plan(B, N, C, T, H, W, patch_inputs, tasks_per_worker, hidden_unit_major, guided)
 
 
 # --- the whole model ----------------------------------------------------------------------------------
@@ -637,9 +687,9 @@ def run_phases(steps, barrier, share, scratch, times=None):
 
 
 def shapes(x, params, patch_size, tasks_per_worker=TASKS_PER_WORKER):
-    """{B, N, C, T, H, P, patch_inputs, per_worker, hidden_major} of one forward pass (what worker processes
-    are sent): per_worker, the plan's tasks per worker; hidden_major, the hidden activations' layout (decided
-    here, once, for every worker)."""
+    """{B, N, C, T, H, P, patch_inputs, per_worker, hidden_major, guided} of one forward pass (what worker
+    processes are sent): per_worker, the plan's tasks per worker; hidden_major, the hidden activations' layout,
+    and guided, the tiles' shares (decided here, once, for every worker)."""
     if x.dtype != _F32:
         raise TypeError(f"the fast path runs float32, got {x.dtype}")
     B, channels, height, width = x.shape
@@ -647,7 +697,7 @@ def shapes(x, params, patch_size, tasks_per_worker=TASKS_PER_WORKER):
     _, C, T, H = model_shape(params, P, P)
     N = (height // P) * (width // P)
     return dict(B=B, N=N, C=C, T=T, H=H, P=P, patch_inputs=channels * P * P, per_worker=tasks_per_worker,
-                hidden_major=hidden_major(N * B))
+                hidden_major=hidden_major(N * B), guided=guided_shares(tasks_per_worker))
 
 
 def layout_of(job):
@@ -660,7 +710,7 @@ def steps_of(p, job, W, buffer=None):
     layout = layout_of(job)
     a = arrays(layout, None if buffer is None else buffer[:buffer_size(layout)])
     tasks = plan(*(job[k] for k in ("B", "N", "C", "T", "H")), W, job["patch_inputs"], job["per_worker"],
-                 job["hidden_major"])
+                 job["hidden_major"], job["guided"])
     return a, phases(p, a, tasks, job["P"])
 
 

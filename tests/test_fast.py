@@ -110,6 +110,22 @@ def test_hidden_activations_either_way_round(batch, monkeypatch):
     np.testing.assert_array_equal(results[0], results[10**9])  # each value the same dot product, in the same order
 
 
+def test_the_same_bits_with_tiles_of_any_shares(monkeypatch):
+    """Even tiles, and wide-then-narrow ones in any ratio: the same bits (no sums across tiles)."""
+    model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=2), seed=4))
+    x = np.random.default_rng(4).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    c = model.config
+    results, cuts = [], set()
+    for shares in ((), (2, 1), (3, 1), (5, 2)):
+        monkeypatch.setattr(fast, "GUIDED_SHARES", shares)
+        results.append(fast.time_tasks(x, model.params, 16, 8, 2)[0])  # in this process: the patched shares hold
+        cuts.add(tuple(fast.plan(2, c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, 8, 768, 2).fc1))
+    assert len(cuts) == 4  # four different cuts of the hidden units
+    assert results[0].std() > 0.1
+    for tokens in results[1:]:
+        np.testing.assert_array_equal(tokens, results[0])
+
+
 def test_the_head_runs_on_one_blas_thread(monkeypatch):
     """The head's small matmul must not wake this process's BLAS threads: they would spin after it and take
     the cores from the worker processes of the next call (2x slower back to back on 2 cores)."""
@@ -224,6 +240,42 @@ def test_the_plan_grows_with_the_workers_and_keeps_its_bounds(arch):
             keys = [(next(i for i, (a, b) in enumerate(bands) if a <= r0 < b), cols) for (r0, _), cols in tiles]
             runs = sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
             assert runs == len(set(keys)), (B, W)  # one run per (band, weight slice)
+
+
+@pytest.mark.parametrize("arch", ["mixer_s32_224", "mixer_b16_224"])
+def test_a_plan_of_two_rounds_or_more_hands_out_its_wide_tiles_first(arch):
+    """From two tasks per worker on, a matmul phase's column slices come in two widths, GUIDED_SHARES apart,
+    the wide ones handed out first; with one task per worker, the cut is even."""
+    c = config_for(arch)
+    N, C, T, H = c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim
+    big, small = fast.GUIDED_SHARES
+    assert big > small > 0
+    guided_phases = 0
+    for B, W, per_worker in itertools.product((1, 2, 8, 32), (2, 4, 8, 16), PLANS_PER_WORKER):
+        plan = fast.plan(B, N, C, T, H, W, 3 * c.patch_size ** 2, per_worker)
+        assert plan.guided == (fast.GUIDED_SHARES if per_worker >= 2 else ())
+        for name, widths in (("fc1", [c1 - c0 for _, (c0, c1) in plan.fc1]),
+                             ("fc2", [c1 - c0 for _, (c0, c1) in plan.fc2]),
+                             ("token", [c1 - c0 for c0, c1 in plan.token])):
+            if max(widths) - min(widths) <= fast.QUANTUM:  # an even cut
+                continue
+            assert plan.guided, (B, W, per_worker, name)  # only a guided plan cuts unevenly
+            middle = (max(widths) + min(widths)) / 2
+            wide = [w > middle for w in widths]
+            assert wide == sorted(wide, reverse=True), (B, W, name)  # every wide tile before every narrow one
+            ratio = np.mean([w for w in widths if w > middle]) / np.mean([w for w in widths if w <= middle])
+            assert abs(ratio - big / small) <= 2 * fast.QUANTUM / min(widths) + 0.05, (B, W, name, ratio)
+            guided_phases += 1
+    assert guided_phases >= 20  # the rule really applies: the test checks many guided phases
+
+
+def test_guided_cuts_fall_back_to_even_ones():
+    assert fast._guided(96, 4, 8, 8, (2, 1)) == [(0, 32), (32, 64), (64, 80), (80, 96)]
+    assert fast._guided(96, 3, 8, 8, (2, 1)) == fast._split(96, 3, 8, 8)  # an odd count
+    assert fast._guided(48, 4, 8, 16, (2, 1)) == fast._split(48, 4, 8, 16)  # narrow pieces under `least`
+    for n, parts in itertools.product((16, 100, 768, 3072), (2, 4, 6, 32)):
+        tiles = fast._guided(n, parts, 8, 1, (2, 1))
+        assert covers(tiles, (n,)), (n, parts)
 
 
 def test_greedy_makespan():
