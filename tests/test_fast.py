@@ -588,3 +588,49 @@ def test_manycore_refuses_bad_arguments_before_it_runs(tmp_path, args, fragment)
                             text=True, timeout=60)
     assert result.returncode == 2 and fragment in result.stderr, result.stderr
     assert result.stdout == "" and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def run_ab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-W", "error", os.path.join(REPO, "benchmarks", "ab.py"), "--tiny",
+                           *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_ab_times_variants_in_turns(tmp_path):
+    """benchmarks/ab.py: variants of this checkout (an environment setting, a thread count), torch, and a tree
+    whose numpy_mixer fails to import: the others timed in turns, the failure named in one line."""
+    broken = tmp_path / "broken"
+    (broken / "numpy_mixer").mkdir(parents=True)
+    (broken / "numpy_mixer" / "__init__.py").write_text("raise ImportError('this tree is broken on purpose')\n")
+    result = run_ab("--rounds", "2", "--repeats", "2", "--markdown", "--json", tmp_path / "ab.json",
+                    f"base={REPO}", f"one={REPO}:NUMPY_MIXER_TASKS_PER_WORKER=1,threads=1", "torch",
+                    f"bad={broken}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # one variant failed
+    assert "Warning" not in result.stderr, result.stderr
+    assert "bad failed: ImportError: this tree is broken on purpose" in result.stderr.splitlines()
+    assert "round 2 of 2 done" in result.stderr
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert table[0] == "| threads | batch | base | one | torch | bad |"
+    assert [line.split(" | ")[1] for line in table[2:]] == ["1", "2"]
+    assert all(line.endswith("| - |") for line in table[2:])  # the failed variant has no figures
+    rows = json.loads((tmp_path / "ab.json").read_text())
+    assert [(r["variant"], r["batch"]) for r in rows] == [(v, b) for b in (1, 2) for v in ("base", "one", "torch")]
+    for r in rows:
+        assert r["img_s"] > 0 and r["passes"] == 4, r  # 2 rounds of 2 passes
+        assert r["ratio"] == 1.0 if r["variant"] == "base" else r["ratio"] > 0, r
+    assert {r["threads"] for r in rows if r["variant"] == "one"} == {1}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    ((), "name at least one VARIANT"),
+    (("base",), "write NAME=TREE"),
+    (("torch=.",), "write NAME=TREE"),
+    (("base=/",), "holds no numpy_mixer package"),
+    ((f"base={REPO}:threads=0",), "threads='0' is not a whole number"),
+    ((f"base={REPO}:X",), "neither ENV=VALUE nor threads=N"),
+    ((f"a={REPO}", f"a={REPO}"), "variant names must differ"),
+    (("--rounds", "0", f"a={REPO}"), "--rounds 0"),
+])
+def test_ab_refuses_bad_variants_in_one_line(args, fragment):
+    result = run_ab(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
