@@ -18,11 +18,12 @@ What makes it fast (benchmarks/bench.py measures the result; the README has the 
   counts that fill whole rounds of W. The
   channel MLP is two phases: fc1 (+ GELU) split by hidden units, fc2 split by output channels, with
   a barrier between: no partial sums to add up, so the bits do not depend on the split. Both are
-  also split by rows, in tiles at most square (taller ones ran faster) of at most TILE_ELEMS
-  outputs, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
+  also split by rows, in tiles at most square (taller ones ran faster) of about TILE_ELEMS outputs at
+  most, in bands of CHANNEL_ROWS rows; the tasks reading one weight slice are handed out one
   after another, so each weight is read from memory about once per band (once per block up to
-  batch 4). From two tasks per worker on, the tiles come in two widths (GUIDED_SHARES), the wide ones
-  handed out first, so that a worker that falls behind ends the phase on a narrow one. LayerNorm
+  batch 4). From two tasks per worker on, the tiles of fc1, fc2 and (where it has two rounds of them) token
+  mixing come in two widths (GUIDED_SHARES), the wide ones handed out first, so that a worker that falls
+  behind ends the phase on a narrow one. LayerNorm
   phases get about one task per worker: each task costs 12 NumPy calls of Python.
 - tasks handed out as the workers ask for them (a shared iterator for threads, a pipe for worker
   processes: processes.TaskQueue), so a worker that falls behind takes fewer; every value is
@@ -73,7 +74,7 @@ MANY_TASKS_PER_WORKER = 2
 UNEVEN_TASKS_PER_WORKER = 2
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
-TILE_ELEMS = 1 << 20  # outputs per matmul task at most (4 MB); measured on 1 core, 2^16-2^18 were 10-20% slower
+TILE_ELEMS = 1 << 20  # outputs per even matmul task at most (4 MB; wide tiles 4/3 of it); on 1 core, 2^16-2^18 were 10-20% slower
 NORM_ROWS = 128  # at most this many rows per LayerNorm task: its buffers stay in cache
 NORM_MIN_ROWS = 16  # at least this many: a LayerNorm task is 12 NumPy calls, each ~0.8 us of Python
 QUANTUM = 8  # columns, hidden units and channels are split in multiples of 8 (a SIMD width) ...
@@ -295,8 +296,9 @@ def _grid(rows, cols, inner, tasks, W, guided=()):
     Rows in bands of at most CHANNEL_ROWS; in each band, tiles no wider than square (taller ones ran
     faster, see below) of about TILE_ELEMS outputs at most, and enough of them for `tasks` over all bands,
     in a count that fills whole rounds of W workers where the bands allow; none below MIN_TILE_MACS.
-    guided: () for columns cut evenly, or (big, small) shares: the first half of each band's column slices
-    that much wider than the second (_guided).
+    guided: () for columns cut evenly, or (big, small) shares: where there are two rounds of tiles or more, the
+    first half of each band's column slices that much wider than the second (_guided; the wide tiles can then
+    exceed TILE_ELEMS, by up to big / mean(big, small)).
     Hand-out order: the wide column slices of every band, then the narrow ones (all of them, where the cut
     is even); band by band, and in a band, column slice by column slice, so that the tasks reading one
     weight slice run side by side (each weight read about once per band).
@@ -306,6 +308,7 @@ def _grid(rows, cols, inner, tasks, W, guided=()):
     want = max(-(-tasks * band // rows), -(-band * cols // TILE_ELEMS))  # tiles per band
     step = W // math.gcd(W, len(bands))  # tiles per band in multiples of this: len(bands) * want fills rounds of W
     want = -(-want // step) * step
+    guided = guided if len(bands) * want >= 2 * W else ()  # two rounds of tiles or more
     square = math.sqrt(want * band / cols)  # r row splits x want/r column splits, rows/r ~ cols/(want/r)
     # a row split that divides `want`, so that the tiles fill whole rounds of workers (33 tasks on 16
     # workers take three rounds, 32 take two), at most square: taller tiles ran faster than square ones
@@ -319,24 +322,28 @@ def _grid(rows, cols, inner, tasks, W, guided=()):
         shortest = min(b - a for a, b in row_tiles)
         least_cols = max(MIN_COLS, -(-MIN_TILE_MACS // (shortest * inner)))
         parts = want // row_splits
-        col_tiles = (_guided(cols, parts, QUANTUM, least_cols, guided) if guided else
-                     _split(cols, parts, QUANTUM, least_cols))
-        first = len(col_tiles) // 2 if guided and len(col_tiles) == parts and parts % 2 == 0 else len(col_tiles)
+        if guided:
+            col_tiles, first = _guided(cols, parts, QUANTUM, least_cols, guided)
+        else:
+            col_tiles = _split(cols, parts, QUANTUM, least_cols)
+            first = len(col_tiles)
         wide += [(r, c) for c in col_tiles[:first] for r in row_tiles]
         narrow += [(r, c) for c in col_tiles[first:] for r in row_tiles]
     return wide + narrow
 
 
-def _guided(n, parts, quantum, least, shares=GUIDED_SHARES):
-    """(start, stop) ranges cutting range(n) into `parts` pieces, the first half longer than the second in the
-    ratio of shares (big, small), cut at multiples of quantum, none shorter than least; _split's even pieces
-    where that cannot be done (an odd count, pieces too short).
+def _guided(n, parts, quantum, least, shares):
+    """((start, stop) ranges cutting range(n) into `parts` pieces, how many of them are wide): the first half
+    longer than the second in the ratio of shares (big, small), cut at multiples of quantum, none shorter than
+    least; or, where that cannot be done (an odd count, pieces too short, too few quanta for two widths),
+    _split's even pieces, all counted as wide.
 
     Handed out in this order, the long tiles go first and the short ones last, so that the workers finish a
     phase closer together: one that falls behind ends on a short tile."""
     half = parts // 2
+    even = _split(n, parts, quantum, least)
     if parts < 2 or parts % 2:
-        return _split(n, parts, quantum, least)
+        return even, len(even)
     units = -(-n // quantum)
     big, small = shares
     weights = [big] * half + [small] * half
@@ -345,9 +352,10 @@ def _guided(n, parts, quantum, least, shares=GUIDED_SHARES):
         at += w
         cuts.append(min(n, (at * units // total) * quantum))
     tiles = [(a, b) for a, b in zip(cuts, cuts[1:])]
-    if len(tiles) != parts or min(b - a for a, b in tiles) < max(least, 1):
-        return _split(n, parts, quantum, least)
-    return tiles
+    widths = [b - a for a, b in tiles]
+    if min(widths) < max(least, 1) or min(widths[:half]) <= max(widths[half:]):  # too short, or not two widths
+        return even, len(even)
+    return tiles, half
 
 
 def guided_shares(tasks_per_worker):
@@ -363,7 +371,9 @@ class Plan:
     token: column tiles of [N, B*C],
     norm:  row tiles of [N*B, C] (norm2, and norm1 of the next block or the final norm),
     fc1:   ((r0, r1), (h0, h1)) tiles of the hidden [N*B, H] (or [H, N*B]: hidden_major),
-    fc2:   ((r0, r1), (c0, c1)) tiles of the output [N*B, C].
+    fc2:   ((r0, r1), (c0, c1)) tiles of the output [N*B, C];
+    guided: the (big, small) shares of the column slices of token, fc1 and fc2 where a phase has two rounds of
+    tiles or more (wide ones first), or () for even cuts (see plan()).
     """
 
     def __init__(self, B, N, C, T, H, W, patch_inputs, tasks_per_worker=TASKS_PER_WORKER, hidden_unit_major=None,
@@ -387,7 +397,7 @@ class Plan:
             self.token = _split(cols, len(self.token) // W * W, QUANTUM, least)
         guided = tuple(guided_shares(tasks_per_worker) if guided is None else guided)
         if guided and len(self.token) >= 2 * W:
-            self.token = _guided(cols, len(self.token), QUANTUM, least, guided)
+            self.token, _ = _guided(cols, len(self.token), QUANTUM, least, guided)
         self.fc1 = _grid(rows, H, C, tasks_per_worker * W, W, guided)
         self.fc2 = _grid(rows, C, H, tasks_per_worker * W, W, guided)
         self.guided = guided

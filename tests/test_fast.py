@@ -113,17 +113,33 @@ def test_hidden_activations_either_way_round(batch, monkeypatch):
 def test_the_same_bits_with_tiles_of_any_shares(monkeypatch):
     """Even tiles, and wide-then-narrow ones in any ratio: the same bits (no sums across tiles)."""
     model = MlpMixer(random_state_dict(config_for("mixer_s16_224", depth=2), seed=4))
-    x = np.random.default_rng(4).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    x = np.random.default_rng(4).standard_normal((8, 3, 224, 224), dtype=np.float32)
     c = model.config
     results, cuts = [], set()
     for shares in ((), (2, 1), (3, 1), (5, 2)):
         monkeypatch.setattr(fast, "GUIDED_SHARES", shares)
         results.append(fast.time_tasks(x, model.params, 16, 8, 2)[0])  # in this process: the patched shares hold
-        cuts.add(tuple(fast.plan(2, c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, 8, 768, 2).fc1))
-    assert len(cuts) == 4  # four different cuts of the hidden units
+        plan = fast.plan(len(x), c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim, 8, 768, 2)
+        cuts.add((tuple(plan.token), tuple(plan.fc1), tuple(plan.fc2)))
+        assert not plan.hidden_major  # 1568 rows: the row-major layout (the other is in the test below)
+    assert len({token for token, _, _ in cuts}) == len({fc1 for _, fc1, _ in cuts}) == 4  # four cuts of each
     assert results[0].std() > 0.1
     for tokens in results[1:]:
         np.testing.assert_array_equal(tokens, results[0])
+
+
+def test_worker_processes_cut_the_tiles_as_the_caller_says(monkeypatch):
+    """The shares travel with each pass: worker processes started before the caller's GUIDED_SHARES changed
+    plan the caller's tiles (each checks the plan's key, and would stop the pass in one line otherwise)."""
+    monkeypatch.setenv("NUMPY_MIXER_WORKERS", "processes")
+    monkeypatch.setenv("NUMPY_MIXER_TASKS_PER_WORKER", "2")
+    model = MlpMixer(random_state_dict(config_for("mixer_s32_224", depth=2), seed=5))
+    x = np.random.default_rng(5).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    reference = fast.forward_features(x, model.params, 32, workers=1)
+    fast.forward_features(x, model.params, 32, workers=2)  # the helpers start with the module's shares
+    for shares in ((3, 1), ()):
+        monkeypatch.setattr(fast, "GUIDED_SHARES", shares)
+        np.testing.assert_array_equal(fast.forward_features(x, model.params, 32, workers=2), reference)
 
 
 def test_the_head_runs_on_one_blas_thread(monkeypatch):
@@ -250,7 +266,7 @@ def test_a_plan_of_two_rounds_or_more_hands_out_its_wide_tiles_first(arch):
     N, C, T, H = c.num_patches, c.embed_dim, c.tokens_dim, c.channels_dim
     big, small = fast.GUIDED_SHARES
     assert big > small > 0
-    guided_phases = 0
+    guided_phases = collections.Counter()
     for B, W, per_worker in itertools.product((1, 2, 8, 32), (2, 4, 8, 16), PLANS_PER_WORKER):
         plan = fast.plan(B, N, C, T, H, W, 3 * c.patch_size ** 2, per_worker)
         assert plan.guided == (fast.GUIDED_SHARES if per_worker >= 2 else ())
@@ -265,17 +281,24 @@ def test_a_plan_of_two_rounds_or_more_hands_out_its_wide_tiles_first(arch):
             assert wide == sorted(wide, reverse=True), (B, W, name)  # every wide tile before every narrow one
             ratio = np.mean([w for w in widths if w > middle]) / np.mean([w for w in widths if w <= middle])
             assert abs(ratio - big / small) <= 2 * fast.QUANTUM / min(widths) + 0.05, (B, W, name, ratio)
-            guided_phases += 1
-    assert guided_phases >= 20  # the rule really applies: the test checks many guided phases
+            guided_phases[name] += 1
+    # the rule really applies, to every matmul phase: the test checks many guided phases of each
+    assert min(guided_phases[name] for name in ("fc1", "fc2", "token")) >= 5, guided_phases
 
 
 def test_guided_cuts_fall_back_to_even_ones():
-    assert fast._guided(96, 4, 8, 8, (2, 1)) == [(0, 32), (32, 64), (64, 80), (80, 96)]
-    assert fast._guided(96, 3, 8, 8, (2, 1)) == fast._split(96, 3, 8, 8)  # an odd count
-    assert fast._guided(48, 4, 8, 16, (2, 1)) == fast._split(48, 4, 8, 16)  # narrow pieces under `least`
-    for n, parts in itertools.product((16, 100, 768, 3072), (2, 4, 6, 32)):
-        tiles = fast._guided(n, parts, 8, 1, (2, 1))
+    assert fast._guided(96, 4, 8, 8, (2, 1)) == ([(0, 32), (32, 64), (64, 80), (80, 96)], 2)
+    assert fast._guided(96, 3, 8, 8, (2, 1)) == (fast._split(96, 3, 8, 8), 3)  # an odd count: even, all "wide"
+    even = fast._split(48, 4, 8, 16)  # narrow pieces would be under `least`: _split's (three pieces here)
+    assert fast._guided(48, 4, 8, 16, (2, 1)) == (even, len(even)) and len(even) == 3
+    for n, parts, least in itertools.product((16, 100, 768, 3072, 4999), (2, 4, 6, 32), (1, 16, 56)):
+        tiles, wide = fast._guided(n, parts, 8, least, (2, 1))
         assert covers(tiles, (n,)), (n, parts)
+        widths = [b - a for a, b in tiles]
+        assert min(widths) >= least or tiles == [(0, n)], (n, parts, least)
+        if wide < len(tiles):  # guided: as many pieces as asked, every wide one wider than every narrow one
+            assert len(tiles) == parts and wide == parts // 2
+            assert min(widths[:wide]) > max(widths[wide:]), (n, parts, least, widths)
 
 
 def test_greedy_makespan():
