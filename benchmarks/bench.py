@@ -597,7 +597,8 @@ def main(argv=None):
     parser.add_argument("--phase-mode", choices=("processes", "threads"), default=None,
                         help="model worker processes (their plan, flag barriers) or threads (two tasks per "
                              "worker, the GIL); default: what numpy_mixer uses here")
-    parser.add_argument("--tiny", action="store_true", help="a 2-block mixer_s32_224, batches 1 and 2, 1 repeat (CI)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a 2-block mixer_s32_224, batches 1 and 2, 1 repeat (--profile: the median of 3) (CI)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--compare-threads", action="store_true",
                         help="also time numpy_mixer on worker threads (NUMPY_MIXER_WORKERS=threads)")
@@ -626,7 +627,7 @@ def main(argv=None):
         counts = thread_counts(args.threads)
         if not counts:
             return 0
-        results = profile_table(model, args.arch, batch_sizes, counts, 1 if args.tiny else args.repeats,
+        results = profile_table(model, args.arch, batch_sizes, counts, 3 if args.tiny else args.repeats,
                                 args.markdown)
         if args.json:
             write_json(args.json, results)

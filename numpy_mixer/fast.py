@@ -2,7 +2,8 @@
 
 Same weights (the nested params of numpy_mixer.model, PyTorch layout, memory-mapped, never copied),
 same answers as the readable layers in numpy_mixer.layers (tests/test_fast.py holds the two together).
-What makes it fast (benchmarks/bench.py measures the result; the README has the figures):
+What makes it fast (benchmarks/bench.py measures the result; the README has the tables, and
+benchmarks/README.md every measurement):
 
 - matmuls over many images at once, with no transposed copies: the residual stream is kept
   token-major, [N, B, C], so token mixing is `fc1.weight @ y`, [T, N] @ [N, B*C], and channel mixing

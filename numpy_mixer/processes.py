@@ -1,7 +1,7 @@
 """Worker processes for the fast path: fast.py's tasks on W-1 helper processes and this one.
 
 Why processes: threads share one GIL, and every task is a chain of NumPy calls with Python between
-them. Measured on a 16-core Xeon (the README has the figures), GELU on
+them. Measured on a 16-core Xeon (benchmarks/README.md has the figures), GELU on
 a [196, 3072] tile split over 16 threads took 3.9 ms, twice as long as on one thread (1.9 ms), and
 0.21 ms over 16 processes; a threading.Barrier round of 16 threads took 836 us. Processes run their
 Python side by side, and a barrier of flags in shared memory takes about 4 us.
