@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,14 @@ PAUSE = 0.05  # seconds before each pass
 
 class BadVariant(Exception):
     pass
+
+
+class Stopped(Exception):
+    """SIGTERM (`timeout`, benchmarks/manycore.sh): stop timing, print what was measured."""
+
+
+def _stop(*_):
+    raise Stopped()
 
 
 def parse_variant(spec):
@@ -177,39 +186,44 @@ def main(argv=None):
 
     times = {}  # (name, batch) -> [seconds]
     failed = {}
+    signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory() as folder:
         weights = save_checkpoint(random_state_dict(config_for(args.arch, **changes), seed=0),
                                   os.path.join(folder, args.arch + ".safetensors"))
         start = time.perf_counter()
-        for r in range(args.rounds):
-            for name, tree, env, threads in variants:
-                if name in failed:
-                    continue
-                command = [sys.executable, os.path.abspath(__file__), "--one", tree or "torch", "--weights", weights,
-                           "--arch", args.arch, "--changes", json.dumps(changes), "--batch-sizes",
-                           ",".join(map(str, batch_sizes)), "--repeats", str(args.repeats),
-                           "--one-threads", str(threads or args.threads)]
-                try:
-                    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env},
-                                          timeout=max(120.0, args.seconds), cwd=folder)
-                except subprocess.TimeoutExpired:
-                    failed[name] = "timed out"
-                    continue
-                lines = done.stdout.strip().splitlines()
-                if done.returncode or not lines:
-                    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-                    failed[name] = last
-                    continue
-                result = json.loads(lines[-1])
-                if tree is not None and os.path.dirname(result["module"]) != tree:
-                    failed[name] = f"ran numpy_mixer from {result['module']}, not from {tree}"
-                    continue
-                for B, seconds in result["times"].items():
-                    times.setdefault((name, int(B)), []).extend(seconds)
-            elapsed = time.perf_counter() - start
-            print(f"round {r + 1} of {args.rounds} done after {elapsed:.0f} s", file=sys.stderr, flush=True)
-            if elapsed * (r + 2) / (r + 1) > args.seconds:
-                break
+        try:
+            for r in range(args.rounds):
+                for name, tree, env, threads in variants:
+                    if name in failed:
+                        continue
+                    command = [sys.executable, os.path.abspath(__file__), "--one", tree or "torch",
+                               "--weights", weights, "--arch", args.arch, "--changes", json.dumps(changes),
+                               "--batch-sizes", ",".join(map(str, batch_sizes)), "--repeats", str(args.repeats),
+                               "--one-threads", str(threads or args.threads)]
+                    try:
+                        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env},
+                                              timeout=max(120.0, args.seconds), cwd=folder)
+                    except subprocess.TimeoutExpired:
+                        failed[name] = "timed out"
+                        continue
+                    lines = done.stdout.strip().splitlines()
+                    if done.returncode or not lines:
+                        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                        failed[name] = last
+                        continue
+                    result = json.loads(lines[-1])
+                    if tree is not None and os.path.dirname(result["module"]) != tree:
+                        failed[name] = f"ran numpy_mixer from {result['module']}, not from {tree}"
+                        continue
+                    for B, seconds in result["times"].items():
+                        times.setdefault((name, int(B)), []).extend(seconds)
+                elapsed = time.perf_counter() - start
+                print(f"round {r + 1} of {args.rounds} done after {elapsed:.0f} s", file=sys.stderr, flush=True)
+                if elapsed * (r + 2) / (r + 1) > args.seconds:
+                    break
+        except Stopped:  # the time is up: the table of what was measured so far
+            print("stopped (SIGTERM): the table holds the passes timed so far", file=sys.stderr)
+
     for name, why in failed.items():
         print(f"{name} failed: {why}", file=sys.stderr)
 

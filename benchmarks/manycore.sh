@@ -3,7 +3,10 @@
 #
 #     bash benchmarks/manycore.sh OUT_FOLDER [THREADS] [SECONDS]     # defaults: 16,4 and 540
 #
-# PYTHON names the interpreter (default python3).
+# PYTHON names the interpreter (default python3). First, the machine (nproc, lscpu): OUT_FOLDER/machine.txt.
+# 0. if AB is set (space-separated VARIANTs of benchmarks/ab.py, e.g. AB="one=.:NUMPY_MIXER_TASKS_PER_WORKER=1
+#    old=.devrun/old"), an A/B of this checkout ("base=.") against them and PyTorch on the largest thread count,
+#    batches 1, 8 and 32, in turns, for at most a third of SECONDS: OUT_FOLDER/ab.md and OUT_FOLDER/ab.json;
 # 1. the scaling benchmark on THREADS (numpy_mixer on processes and on threads, PyTorch, ONNX Runtime):
 #    OUT_FOLDER/bench.md and OUT_FOLDER/manycore.json (copy it to benchmarks/results/NAME.json for the
 #    README and notebook 5);
@@ -28,19 +31,31 @@ why=$(mkdir -p "$out" 2>&1) || { echo "manycore.sh: cannot make OUT_FOLDER '$out
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
 left() { echo $((budget - (SECONDS - start))); }
-step() {  # step NAME FILE ARGS...: bench.py ARGS, cut at the time left, output into FILE and here
-    local name=$1 file=$2 seconds
+step() {  # step NAME FILE ARGS...: bench.py ARGS (or, with SCRIPT set, that script), cut at the time left,
+    local name=$1 file=$2 seconds  # output into FILE and here
     shift 2
     seconds=$(left)
+    if [[ -n ${STEP_SECONDS:-} ]] && ((STEP_SECONDS < seconds)); then seconds=$STEP_SECONDS; fi
     if ((seconds < 20)); then
         echo "== $name: skipped, ${seconds} s left" | tee "$out/$file"
         return
     fi
     echo "== $name (at most ${seconds} s; load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"
-    timeout "$seconds" "${PYTHON:-python3}" benchmarks/bench.py "$@" 2>&1 | tee "$out/$file"
+    timeout "$seconds" "${PYTHON:-python3}" "${SCRIPT:-benchmarks/bench.py}" "$@" 2>&1 | tee "$out/$file"
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 echo "$(nproc) CPUs; $(uname -m)"
+{
+    nproc
+    lscpu 2>/dev/null || sysctl -a 2>/dev/null | grep -i '^hw\.'
+    echo "load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+} > "$out/machine.txt" 2>&1
+if [[ -n ${AB:-} ]]; then
+    # shellcheck disable=SC2086  # AB is a list of variants, one word each
+    SCRIPT=benchmarks/ab.py STEP_SECONDS=$((budget / 3)) step "A/B, ${threads%%,*} threads" ab.md \
+        --threads "${threads%%,*}" --batch-sizes 1,8,32 --rounds 3 --seconds $((budget / 3)) --markdown \
+        --json "$out/ab.json" base=. $AB torch
+fi
 step "scaling benchmark, $threads threads" bench.md --threads "$threads" --repeats 5 --compare-threads \
     --markdown --json "$out/manycore.json"
 step "profile, ${threads%%,*} threads" profile.md --profile --threads "${threads%%,*}" --batch-sizes 1,8,32 \

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -657,3 +658,25 @@ def test_ab_refuses_bad_variants_in_one_line(args, fragment):
     result = run_ab(*args)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
+
+
+def test_ab_stopped_by_sigterm_prints_what_it_timed(tmp_path):
+    """`timeout` (benchmarks/manycore.sh) stops ab.py with SIGTERM: it prints the table of the passes timed so far
+    and leaves no process or temporary weights behind."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "benchmarks", "ab.py"), "--tiny", "--rounds", "1000",
+                             "--repeats", "1", f"base={REPO}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        for line in proc.stderr:
+            if line.startswith("round 1 of 1000 done"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "stopped (SIGTERM): the table holds the passes timed so far" in err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [row[1] for row in rows] == ["1", "2"], out  # threads, batch, img/s of base
+    assert all(float(row[2]) > 0 for row in rows), out
+    assert not list(tmp_path.iterdir())  # the weights' temporary folder is gone
