@@ -5,12 +5,14 @@
     python benchmarks/ab.py --tiny base=. w1=.:threads=1        # a 2-block mixer_s32_224 (CI)
 
 A VARIANT is NAME=TREE[:SETTING,SETTING...], or the word torch (timm, eager, on the same weights):
-- TREE: a folder holding the numpy_mixer package to time: `.` for this checkout, a git worktree for another
-  commit (`git worktree add ../mixer-old HEAD~3`). Its process imports numpy_mixer from TREE first, and so do
+- TREE: a folder holding the numpy_mixer package to time: `.`, the current folder (run ab.py from the checkout),
+  or a git worktree for another commit (`git worktree add ../mixer-old HEAD~3`); a path with ':' in it cannot
+  be named. Its process imports numpy_mixer from TREE first, and so do
   its worker processes (they take the caller's import path); a variant whose numpy_mixer comes from elsewhere
   is reported as failed, never timed as if it were the one named.
 - SETTING: ENV=VALUE, an environment variable for that process only (NUMPY_MIXER_TASKS_PER_WORKER=1,
-  NUMPY_MIXER_WORKERS=threads, ...), or threads=N, its own thread count instead of --threads.
+  NUMPY_MIXER_WORKERS=threads, ...; a value cannot hold ','), or threads=N, its own thread count instead of
+  --threads (the table's header then names it).
 
 Every variant runs ROUNDS times, in turns (a, b, c, a, b, c, ...), each time in a fresh process, so that a
 busy spell or a slowing machine hits all alike. In each, every batch size gets two warm-up passes, then
@@ -18,11 +20,11 @@ busy spell or a slowing machine hits all alike. In each, every batch size gets t
 go back to sleep). The table gives img/s from the median pass over all rounds, and each variant's ratio to
 the first one. Timings drift between minutes on shared machines: only ratios within one run mean anything.
 --json FILE writes the rows: {variant, threads, batch, img_s, ratio (to the first variant), passes}.
-Exit status: 0, 1 if a variant failed (the others are still timed), 2 for bad arguments.
+Exit status: 0, 1 if a variant failed (the others are still timed), 2 for bad arguments, 143 when stopped by
+SIGTERM (`timeout`; it prints the table of the passes timed so far first).
 """
 import argparse
 import json
-import math
 import os
 import re
 import signal
@@ -48,6 +50,7 @@ class Stopped(Exception):
 
 
 def _stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` may signal the whole group again: once is enough
     raise Stopped()
 
 
@@ -161,6 +164,10 @@ def main(argv=None):
     if args.one:
         one(args)
         return 0
+    start = time.perf_counter()
+    sys.path.insert(0, REPO)
+    from numpy_mixer.weights import ARCHITECTURES
+
     changes = {}
     if args.tiny:
         args.arch, args.batch_sizes, changes = "mixer_s32_224", "1,2", {"depth": 2}
@@ -169,74 +176,98 @@ def main(argv=None):
         for option in ("threads", "repeats", "rounds"):
             if getattr(args, option) < 1:
                 raise BadVariant(f"--{option} {getattr(args, option)}: give a whole number from 1")
+        if not args.seconds > 0 or args.seconds == float("inf"):
+            raise BadVariant(f"--seconds {args.seconds}: give a number of seconds above 0")
+        if args.arch not in ARCHITECTURES:
+            raise BadVariant(f"--arch {args.arch!r} is not a Mixer timm ships; one of: {', '.join(ARCHITECTURES)}")
         variants = [parse_variant(v) for v in args.variants]
         if not variants:
             raise BadVariant("name at least one VARIANT, e.g. base=. (see --help)")
         names = [v[0] for v in variants]
         if len(set(names)) < len(names):
             raise BadVariant(f"variant names must differ: {', '.join(names)}")
-        if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(os.path.abspath(args.json)))):
-            raise BadVariant(f"--json {args.json}: {'is a folder' if os.path.isdir(args.json) else 'no such folder'}")
+        folder = os.path.dirname(os.path.abspath(args.json or "."))
+        if args.json and (os.path.isdir(args.json) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
+            why = ("is a folder" if os.path.isdir(args.json) else "no such folder" if not os.path.isdir(folder)
+                   else "its folder is not writable")
+            raise BadVariant(f"--json {args.json}: {why}; name a file in a folder you can write")
     except BadVariant as e:
         print(f"ab.py: {e}", file=sys.stderr)
         return 2
 
-    sys.path.insert(0, REPO)
     from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
 
     times = {}  # (name, batch) -> [seconds]
     failed = {}
+    stopped = False
     signal.signal(signal.SIGTERM, _stop)
-    with tempfile.TemporaryDirectory() as folder:
-        weights = save_checkpoint(random_state_dict(config_for(args.arch, **changes), seed=0),
-                                  os.path.join(folder, args.arch + ".safetensors"))
-        start = time.perf_counter()
-        try:
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            weights = save_checkpoint(random_state_dict(config_for(args.arch, **changes), seed=0),
+                                      os.path.join(folder, args.arch + ".safetensors"))
             for r in range(args.rounds):
                 for name, tree, env, threads in variants:
-                    if name in failed:
-                        continue
-                    command = [sys.executable, os.path.abspath(__file__), "--one", tree or "torch",
-                               "--weights", weights, "--arch", args.arch, "--changes", json.dumps(changes),
-                               "--batch-sizes", ",".join(map(str, batch_sizes)), "--repeats", str(args.repeats),
-                               "--one-threads", str(threads or args.threads)]
-                    try:
-                        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env},
-                                              timeout=max(120.0, args.seconds), cwd=folder)
-                    except subprocess.TimeoutExpired:
-                        failed[name] = "timed out"
-                        continue
-                    lines = done.stdout.strip().splitlines()
-                    if done.returncode or not lines:
-                        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-                        failed[name] = last
-                        continue
-                    result = json.loads(lines[-1])
-                    if tree is not None and os.path.dirname(result["module"]) != tree:
-                        failed[name] = f"ran numpy_mixer from {result['module']}, not from {tree}"
-                        continue
-                    for B, seconds in result["times"].items():
-                        times.setdefault((name, int(B)), []).extend(seconds)
+                    if name not in failed:
+                        why = time_variant(args, folder, weights, changes, batch_sizes, tree, env, threads,
+                                           max(60.0, args.seconds - (time.perf_counter() - start)), name, times)
+                        if why:
+                            failed[name] = why
                 elapsed = time.perf_counter() - start
                 print(f"round {r + 1} of {args.rounds} done after {elapsed:.0f} s", file=sys.stderr, flush=True)
                 if elapsed * (r + 2) / (r + 1) > args.seconds:
                     break
-        except Stopped:  # the time is up: the table of what was measured so far
-            print("stopped (SIGTERM): the table holds the passes timed so far", file=sys.stderr)
-
+    except Stopped:  # the time is up: the table of what was measured so far
+        stopped = True
+        print("stopped (SIGTERM): the table holds the passes timed so far", file=sys.stderr)
     for name, why in failed.items():
         print(f"{name} failed: {why}", file=sys.stderr)
+    rows = print_table(args, variants, batch_sizes, times)
+    if args.json:
+        try:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        except OSError as e:
+            print(f"ab.py: cannot write --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    return 143 if stopped else 1 if failed else 0
 
+
+def time_variant(args, folder, weights, changes, batch_sizes, tree, env, threads, timeout, name, times):
+    """One round of one variant in a fresh process; its pass times added to times[(name, batch)]. Returns why
+    it failed, or None."""
+    command = [sys.executable, os.path.abspath(__file__), "--one", tree or "torch", "--weights", weights,
+               "--arch", args.arch, "--changes", json.dumps(changes), "--batch-sizes", ",".join(map(str, batch_sizes)),
+               "--repeats", str(args.repeats), "--one-threads", str(threads or args.threads)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout,
+                              cwd=folder)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    result = json.loads(lines[-1])
+    if tree is not None and os.path.dirname(result["module"]) != tree:
+        return f"ran numpy_mixer from {result['module']}, not from {tree}"
+    for B, seconds in result["times"].items():
+        times.setdefault((name, int(B)), []).extend(seconds)
+    return None
+
+
+def print_table(args, variants, batch_sizes, times):
+    """Print img/s per batch size and variant (the ratio to the first one in brackets); returns the JSON rows."""
+    names = [v[0] for v in variants]
     base = names[0]
     rows = []
     sep = " | " if args.markdown else "  "
-    header = ["threads", "batch"] + [n for n in names]
+    header = ["threads", "batch"] + [name + (f" ({threads} thread{'s' * (threads > 1)})" if threads else "")
+                                     for name, _, _, threads in variants]
     print(("| " + sep.join(header) + " |\n|" + "---|" * 2 + "---:|" * len(names)) if args.markdown
           else sep.join(f"{h:>14}" for h in header))
     for B in batch_sizes:
         speed = {n: B / statistics.median(times[(n, B)]) for n in names if (n, B) in times}
         cells = []
-        for name, tree, env, threads in variants:
+        for name, _, _, threads in variants:
             if name not in speed:
                 cells.append("-")
                 continue
@@ -246,10 +277,7 @@ def main(argv=None):
                              ratio=None if ratio is None else round(ratio, 4), passes=len(times[(name, B)])))
         line = [str(args.threads), str(B)] + cells
         print(("| " + sep.join(line) + " |") if args.markdown else sep.join(f"{c:>14}" for c in line))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 1 if failed else 0
+    return rows
 
 
 if __name__ == "__main__":

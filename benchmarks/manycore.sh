@@ -5,8 +5,9 @@
 #
 # PYTHON names the interpreter (default python3). First, the machine (nproc, lscpu): OUT_FOLDER/machine.txt.
 # 0. if AB is set (space-separated VARIANTs of benchmarks/ab.py, e.g. AB="one=.:NUMPY_MIXER_TASKS_PER_WORKER=1
-#    old=.devrun/old"), an A/B of this checkout ("base=.") against them and PyTorch on the largest thread count,
-#    batches 1, 8 and 32, in turns, for at most a third of SECONDS: OUT_FOLDER/ab.md and OUT_FOLDER/ab.json;
+#    old=../mixer-old"), an A/B of this checkout ("base=.") against them and PyTorch on the first (largest) of
+#    THREADS, batches 1, 8 and 32, in turns, for at most a third of SECONDS: OUT_FOLDER/ab.md and
+#    OUT_FOLDER/ab.json (it runs just before the benchmark, and the machine's load average shows it there);
 # 1. the scaling benchmark on THREADS (numpy_mixer on processes and on threads, PyTorch, ONNX Runtime):
 #    OUT_FOLDER/bench.md and OUT_FOLDER/manycore.json (copy it to benchmarks/results/NAME.json for the
 #    README and notebook 5);
@@ -17,6 +18,7 @@
 #    is free: how much of the imbalance does that take back, and what do the smaller tiles cost?):
 #    OUT_FOLDER/profile1.md;
 # 4. then the kernels on one thread, NumPy against PyTorch: OUT_FOLDER/kernels.md.
+# The script runs from the repository's root: relative paths (OUT_FOLDER, AB's trees) are taken from there.
 # Every step stops at the time left of SECONDS, so the whole run ends within it; a step cut short
 # leaves what it printed so far. Needs numpy, threadpoolctl, torch, timm, onnxruntime (and onnx for the
 # export); nothing is installed.
@@ -51,10 +53,11 @@ echo "$(nproc) CPUs; $(uname -m)"
     echo "load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 } > "$out/machine.txt" 2>&1
 if [[ -n ${AB:-} ]]; then
-    # shellcheck disable=SC2086  # AB is a list of variants, one word each
+    read -ra variants <<<"$AB"  # one word each, split on spaces, never glob-expanded
+    rounds_end=$((budget / 3 > 16 ? budget / 3 - 15 : 1))  # ab.py's last round starts only if it ends by then
     SCRIPT=benchmarks/ab.py STEP_SECONDS=$((budget / 3)) step "A/B, ${threads%%,*} threads" ab.md \
-        --threads "${threads%%,*}" --batch-sizes 1,8,32 --rounds 3 --seconds $((budget / 3)) --markdown \
-        --json "$out/ab.json" base=. $AB torch
+        --threads "${threads%%,*}" --batch-sizes 1,8,32 --rounds 3 --seconds "$rounds_end" --markdown \
+        --json "$out/ab.json" base=. "${variants[@]}" torch
 fi
 step "scaling benchmark, $threads threads" bench.md --threads "$threads" --repeats 5 --compare-threads \
     --markdown --json "$out/manycore.json"

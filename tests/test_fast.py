@@ -614,9 +614,10 @@ def test_manycore_refuses_bad_arguments_before_it_runs(tmp_path, args, fragment)
     assert result.stdout == "" and result.stderr.strip().count("\n") == 0, result.stderr
 
 
-def run_ab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-W", "error", os.path.join(REPO, "benchmarks", "ab.py"), "--tiny",
-                           *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
+def run_ab(*args, cwd=None, tiny=True):
+    return subprocess.run([sys.executable, "-W", "error", os.path.join(REPO, "benchmarks", "ab.py"),
+                           *(["--tiny"] if tiny else []), *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
 
 
 def test_ab_times_variants_in_turns(tmp_path):
@@ -633,7 +634,7 @@ def test_ab_times_variants_in_turns(tmp_path):
     assert "bad failed: ImportError: this tree is broken on purpose" in result.stderr.splitlines()
     assert "round 2 of 2 done" in result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert table[0] == "| threads | batch | base | one | torch | bad |"
+    assert table[0] == "| threads | batch | base | one (1 thread) | torch | bad |"
     assert [line.split(" | ")[1] for line in table[2:]] == ["1", "2"]
     assert all(line.endswith("| - |") for line in table[2:])  # the failed variant has no figures
     rows = json.loads((tmp_path / "ab.json").read_text())
@@ -653,9 +654,11 @@ def test_ab_times_variants_in_turns(tmp_path):
     ((f"base={REPO}:X",), "neither ENV=VALUE nor threads=N"),
     ((f"a={REPO}", f"a={REPO}"), "variant names must differ"),
     (("--rounds", "0", f"a={REPO}"), "--rounds 0"),
+    (("--seconds", "nan", f"a={REPO}"), "--seconds nan"),
+    (("--arch", "mixer_x99", f"a={REPO}"), "--arch 'mixer_x99' is not a Mixer timm ships"),
 ])
 def test_ab_refuses_bad_variants_in_one_line(args, fragment):
-    result = run_ab(*args)
+    result = run_ab(*args, tiny="--arch" not in args)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
 
@@ -676,6 +679,7 @@ def test_ab_stopped_by_sigterm_prints_what_it_timed(tmp_path):
     finally:
         proc.kill()
     assert "stopped (SIGTERM): the table holds the passes timed so far" in err
+    assert proc.returncode == 143 and "Traceback" not in err, err
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [row[1] for row in rows] == ["1", "2"], out  # threads, batch, img/s of base
     assert all(float(row[2]) > 0 for row in rows), out
