@@ -20,6 +20,7 @@ How:
   checks, then yields its core (so that more workers than cores still finish).
 - the barrier relies on x86's store order (a worker's results are visible before its flag); on other
   processors fast.py uses threads. NUMPY_MIXER_WORKERS=threads or =processes chooses by hand.
+- the OS places the workers on cores; NUMPY_MIXER_PIN=1 (Linux) pins each to a core of its own (pinned_cores).
 - a worker that fails or dies stops the pass with one line naming it; the pool is started afresh on
   the next call. Workers exit when this process does (their pipe closes). A child made by fork()
   forgets its parent's pool and starts its own (_forget_after_fork).
@@ -47,6 +48,7 @@ SPIN_CHECKS = 3000  # flag checks (about 1 us each) before a waiting worker star
 START_SECONDS = 60  # workers that have not said hello by then are given up on
 FLAG_STRIDE = 16  # int64s between two workers' flags: one 128-byte line each, no false sharing
 ENV = "NUMPY_MIXER_WORKERS"
+PIN_ENV = "NUMPY_MIXER_PIN"  # 1: a core for each worker (Linux; for measuring); unset or 0: the OS places them
 COPY_THREADS_FROM = 1 << 20  # weights held in memory are copied on several threads from this many floats (4 MB)
 _yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))  # let another runnable process have the core
 
@@ -102,6 +104,22 @@ def _cpu_list(path):
         return cpus
     except (OSError, ValueError):
         return set()
+
+
+def pinned_cores():
+    """The cores the W workers are pinned to, worker i to cores[i % len(cores)]: this process's cores where
+    NUMPY_MIXER_PIN=1 and the OS lets a process choose (Linux), else None (the OS places the workers).
+
+    Off by default: whether it helps is not yet measured (on 16 cores, the same workers were the slowest phase
+    after phase, which two workers sharing a core would explain). Pinned, no two workers share a core while
+    there are as many cores as workers; the calling thread is pinned for the pass only."""
+    choice = os.environ.get(PIN_ENV, "").strip()
+    if choice not in ("", "0", "1"):
+        raise MixerError(f"{PIN_ENV}={os.environ[PIN_ENV]!r} is not a choice: set it to 1 (a core for each worker) "
+                         "or 0 (or unset it)")
+    if choice != "1" or not hasattr(os, "sched_setaffinity"):
+        return None
+    return sorted(os.sched_getaffinity(0))
 
 
 def supported():
@@ -512,8 +530,8 @@ def _pipe():
 class Pool:
     """W-1 worker processes and the shared control block; run() does one forward pass on all W."""
 
-    def __init__(self, W):
-        self.W, self.procs, self.conns = W, [], []
+    def __init__(self, W, cores=None):
+        self.W, self.procs, self.conns, self.cores = W, [], [], cores
         self.control_file = SharedFile((W + 1) * FLAG_STRIDE * 8)
         self.queue = None
         self.control = np.frombuffer(self.control_file.map, np.int64)
@@ -543,6 +561,11 @@ class Pool:
                 os.close(down_r)  # the worker's ends: it has its own copies now
                 os.close(up_w)
                 self.procs.append(proc)
+                if cores:
+                    try:
+                        os.sched_setaffinity(proc.pid, {cores[rank % len(cores)]})
+                    except OSError:  # it exited already: its hello says why
+                        pass
                 self.conns.append((Connection(up_r, writable=False), Connection(down_w, readable=False)))
             for rank, (up, _) in enumerate(self.conns, 1):
                 hello = self._reply(rank, up, START_SECONDS, "start")
@@ -654,7 +677,11 @@ class Pool:
         self.queue.put(counts)
         self._broadcast(dict(job, op="run"))
         barrier = FlagBarrier(self.control, 0, self.W, alive=self.alive)
+        mask = None
         try:
+            if self.cores:  # this thread on worker 0's core for the pass, then back on the cores it had
+                mask = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, {self.cores[0]})
             main_share(barrier)
         except BaseException as e:
             barrier.abort()
@@ -666,6 +693,9 @@ class Pool:
             if isinstance(e, Aborted):  # a worker aborted but its reply said nothing more
                 raise WorkerError("a numpy-mixer worker process stopped the forward pass") from None
             raise
+        finally:
+            if mask is not None:
+                os.sched_setaffinity(0, mask)
         return [reply.get("times") or [] for reply in self._collect("finish the forward pass")]
 
     def close(self):
@@ -700,13 +730,14 @@ _pool = None
 
 
 def pool(W):
-    """The pool of W workers (started, or restarted after a failure, as needed)."""
+    """The pool of W workers (started, or restarted after a failure or a change of NUMPY_MIXER_PIN, as needed)."""
     global _pool
-    if _pool is not None and (_pool.W != W or any(p.poll() is not None for p in _pool.procs)):
+    cores = pinned_cores()
+    if _pool is not None and (_pool.W != W or _pool.cores != cores or any(p.poll() is not None for p in _pool.procs)):
         _pool.close()
         _pool = None
     if _pool is None:
-        _pool = Pool(W)
+        _pool = Pool(W, cores)
     return _pool
 
 

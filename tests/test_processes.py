@@ -524,3 +524,43 @@ def test_a_setting_changed_after_the_workers_started_is_one_line_not_wrong_tiles
     monkeypatch.undo()
     monkeypatch.setenv("NUMPY_MIXER_WORKERS", "processes")
     np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=2), want)  # new workers
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=st.one_of(st.sampled_from(["0", "1", " 1 ", "", "2", "yes"]), ENV_TEXT))
+def test_pinning_set_by_hand_or_one_line(value):
+    """NUMPY_MIXER_PIN: 1 pins (where the OS lets a process choose its cores), 0 or blank does not; anything
+    else is one line naming the variable."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(processes.PIN_ENV, value)
+        text = value.strip()
+        if text in ("", "0"):
+            assert processes.pinned_cores() is None
+        elif text == "1":
+            cores = processes.pinned_cores()
+            assert cores is None if not hasattr(os, "sched_setaffinity") else cores == sorted(os.sched_getaffinity(0))
+        else:
+            with pytest.raises(MixerError) as e:
+                processes.pinned_cores()
+            assert "\n" not in str(e.value) and processes.PIN_ENV in str(e.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning needs Linux's sched_setaffinity")
+def test_pinned_workers_each_have_a_core_and_the_same_bits(model_file, monkeypatch):
+    """NUMPY_MIXER_PIN=1: helper i on core i (mod the cores), the calling thread on the first core for the pass
+    only, the same bits; turning it on or off starts new workers."""
+    model = load_model(str(model_file))
+    x = images(3)
+    reference = fast.forward_features(x, model.params, P, workers=1)
+    before = os.sched_getaffinity(0)
+    unpinned = processes.pool(3)
+    monkeypatch.setenv(processes.PIN_ENV, "1")
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
+    pinned = processes.pool(3)
+    assert pinned is not unpinned and pinned.cores == sorted(before)
+    for rank, proc in enumerate(pinned.procs, 1):
+        assert os.sched_getaffinity(proc.pid) == {pinned.cores[rank % len(pinned.cores)]}
+    assert os.sched_getaffinity(0) == before  # the calling thread has its cores back
+    monkeypatch.setenv(processes.PIN_ENV, "0")
+    np.testing.assert_array_equal(fast.forward_features(x, model.params, P, workers=3), reference)
+    assert processes.pool(3) is not pinned and processes.pool(3).cores is None
