@@ -81,16 +81,6 @@ def parse_variant(spec):
     return name, tree, env, threads
 
 
-def positive_ints(spec, option):
-    try:
-        values = [int(v) for v in spec.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise BadVariant(f"{option} {spec!r}: give whole numbers from 1, comma-separated")
-    return values
-
-
 def time_passes(run, batch_sizes, repeats, img_size):
     """{batch: [seconds of each timed pass]} of run(x) on random images."""
     import numpy as np
@@ -137,7 +127,8 @@ def one(args):
         from numpy_mixer.model import load_model
 
         run = load_model(args.weights)
-    times = time_passes(run, positive_ints(args.batch_sizes, "--batch-sizes"), args.repeats, config.img_size)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]  # checked by the calling ab.py
+    times = time_passes(run, batch_sizes, args.repeats, config.img_size)
     print(json.dumps({"module": os.path.dirname(os.path.abspath(numpy_mixer.__file__)), "times": times}))
 
 
@@ -165,14 +156,18 @@ def main(argv=None):
         one(args)
         return 0
     start = time.perf_counter()
-    sys.path.insert(0, REPO)
+    sys.path[:0] = [REPO, HERE]
+    import bench
     from numpy_mixer.weights import ARCHITECTURES
 
     changes = {}
     if args.tiny:
         args.arch, args.batch_sizes, changes = "mixer_s32_224", "1,2", {"depth": 2}
     try:
-        batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
+        try:
+            batch_sizes = bench.positive_ints(args.batch_sizes, "--batch-sizes")
+        except SystemExit as e:  # bench.py's one line, for ab.py's exit status
+            raise BadVariant(str(e)) from None
         for option in ("threads", "repeats", "rounds"):
             if getattr(args, option) < 1:
                 raise BadVariant(f"--{option} {getattr(args, option)}: give a whole number from 1")
@@ -186,10 +181,8 @@ def main(argv=None):
         names = [v[0] for v in variants]
         if len(set(names)) < len(names):
             raise BadVariant(f"variant names must differ: {', '.join(names)}")
-        folder = os.path.dirname(os.path.abspath(args.json or "."))
-        if args.json and (os.path.isdir(args.json) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
-            why = ("is a folder" if os.path.isdir(args.json) else "no such folder" if not os.path.isdir(folder)
-                   else "its folder is not writable")
+        why = bench.json_path_problem(args.json)
+        if why:
             raise BadVariant(f"--json {args.json}: {why}; name a file in a folder you can write")
     except BadVariant as e:
         print(f"ab.py: {e}", file=sys.stderr)
@@ -205,11 +198,15 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as folder:
             weights = save_checkpoint(random_state_dict(config_for(args.arch, **changes), seed=0),
                                       os.path.join(folder, args.arch + ".safetensors"))
+            common = [sys.executable, os.path.abspath(__file__), "--weights", weights, "--arch", args.arch,
+                      "--changes", json.dumps(changes), "--batch-sizes", ",".join(map(str, batch_sizes)),
+                      "--repeats", str(args.repeats)]
             for r in range(args.rounds):
                 for name, tree, env, threads in variants:
                     if name not in failed:
-                        why = time_variant(args, folder, weights, changes, batch_sizes, tree, env, threads,
-                                           max(60.0, args.seconds - (time.perf_counter() - start)), name, times)
+                        command = common + ["--one", tree or "torch", "--one-threads", str(threads or args.threads)]
+                        left = max(60.0, args.seconds - (time.perf_counter() - start))
+                        why = time_variant(command, env, folder, left, tree, times, name)
                         if why:
                             failed[name] = why
                 elapsed = time.perf_counter() - start
@@ -224,20 +221,17 @@ def main(argv=None):
     rows = print_table(args, variants, batch_sizes, times)
     if args.json:
         try:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+            bench.write_json(args.json, rows)
         except OSError as e:
             print(f"ab.py: cannot write --json {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
     return 143 if stopped else 1 if failed else 0
 
 
-def time_variant(args, folder, weights, changes, batch_sizes, tree, env, threads, timeout, name, times):
-    """One round of one variant in a fresh process; its pass times added to times[(name, batch)]. Returns why
-    it failed, or None."""
-    command = [sys.executable, os.path.abspath(__file__), "--one", tree or "torch", "--weights", weights,
-               "--arch", args.arch, "--changes", json.dumps(changes), "--batch-sizes", ",".join(map(str, batch_sizes)),
-               "--repeats", str(args.repeats), "--one-threads", str(threads or args.threads)]
+def time_variant(command, env, folder, timeout, tree, times, name):
+    """One round of one variant: command (ab.py --one ...) in a fresh process in folder, with env added, its
+    pass times added to times[(name, batch)]. Returns why it failed, or None. tree: the variant's folder (None
+    for torch), where its numpy_mixer must come from."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout,
                               cwd=folder)

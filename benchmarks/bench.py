@@ -604,9 +604,9 @@ def main(argv=None):
                         help="also time numpy_mixer on worker threads (NUMPY_MIXER_WORKERS=threads)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the whole-process measurements")
     args = parser.parse_args(argv)
-    if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(os.path.abspath(args.json)))):
-        raise SystemExit(f"--json {args.json}: {'is a folder' if os.path.isdir(args.json) else 'no such folder'}; "
-                         "name a file in a folder that exists")  # now, not after the run
+    why = json_path_problem(args.json)
+    if why:  # now, not after the run
+        raise SystemExit(f"--json {args.json}: {why}; name a file in a folder you can write")
     # stopped by `timeout` (benchmarks/manycore.sh): leave as on Ctrl-C, so that the temporary folders
     # (weights, the ONNX export: hundreds of MB) are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -724,6 +724,24 @@ def main(argv=None):
                             args.markdown))
     print(f"\nload average at the end {load_average()}")
     return 0
+
+
+def json_path_problem(path):
+    """Why --json PATH cannot be written ("is a folder", "is not a regular file", "no such folder", "its folder is
+    not writable"), or None (also for no PATH): checked before a run, not after it. The file is written whole
+    and renamed into place (write_json), which would replace a FIFO or device of that name: refused."""
+    if not path:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a folder"
+    if os.path.exists(path) and not os.path.isfile(path):
+        return "is not a regular file"
+    if not os.path.isdir(folder):
+        return "no such folder"
+    if not os.access(folder, os.W_OK):
+        return "its folder is not writable"
+    return None
 
 
 def write_json(path, rows):

@@ -75,7 +75,7 @@ MANY_TASKS_PER_WORKER = 2
 UNEVEN_TASKS_PER_WORKER = 2
 NORM_TASKS_PER_WORKER = 1  # LayerNorm tasks are short: one each (more only costs Python calls)
 CHANNEL_ROWS = 784  # channel-MLP rows in bands of at most this many (each weight read once per band)
-TILE_ELEMS = 1 << 20  # outputs per even matmul task at most (4 MB; wide tiles 4/3 of it); on 1 core, 2^16-2^18 were 10-20% slower
+TILE_ELEMS = 1 << 20  # outputs per even matmul task at most (4 MB; wide tiles 4/3 of it); 2^16-2^18: 10-20% slower
 NORM_ROWS = 128  # at most this many rows per LayerNorm task: its buffers stay in cache
 NORM_MIN_ROWS = 16  # at least this many: a LayerNorm task is 12 NumPy calls, each ~0.8 us of Python
 QUANTUM = 8  # columns, hidden units and channels are split in multiples of 8 (a SIMD width) ...
@@ -342,21 +342,20 @@ def _guided(n, parts, quantum, least, shares):
     Handed out in this order, the long tiles go first and the short ones last, so that the workers finish a
     phase closer together: one that falls behind ends on a short tile."""
     half = parts // 2
+    if parts >= 2 and parts % 2 == 0:
+        units = -(-n // quantum)
+        big, small = shares
+        weights = [big] * half + [small] * half
+        total, cuts, at = sum(weights), [0], 0
+        for w in weights:
+            at += w
+            cuts.append(min(n, (at * units // total) * quantum))
+        tiles = [(a, b) for a, b in zip(cuts, cuts[1:])]
+        widths = [b - a for a, b in tiles]
+        if min(widths) >= max(least, 1) and min(widths[:half]) > max(widths[half:]):  # long enough, two widths
+            return tiles, half
     even = _split(n, parts, quantum, least)
-    if parts < 2 or parts % 2:
-        return even, len(even)
-    units = -(-n // quantum)
-    big, small = shares
-    weights = [big] * half + [small] * half
-    total, cuts, at = sum(weights), [0], 0
-    for w in weights:
-        at += w
-        cuts.append(min(n, (at * units // total) * quantum))
-    tiles = [(a, b) for a, b in zip(cuts, cuts[1:])]
-    widths = [b - a for a, b in tiles]
-    if min(widths) < max(least, 1) or min(widths[:half]) <= max(widths[half:]):  # too short, or not two widths
-        return even, len(even)
-    return tiles, half
+    return even, len(even)
 
 
 def guided_shares(tasks_per_worker):

@@ -656,6 +656,7 @@ def test_ab_times_variants_in_turns(tmp_path):
     (("--rounds", "0", f"a={REPO}"), "--rounds 0"),
     (("--seconds", "nan", f"a={REPO}"), "--seconds nan"),
     (("--arch", "mixer_x99", f"a={REPO}"), "--arch 'mixer_x99' is not a Mixer timm ships"),
+    (("--json", "/dev/null", f"a={REPO}"), "--json /dev/null: is not a regular file"),
 ])
 def test_ab_refuses_bad_variants_in_one_line(args, fragment):
     result = run_ab(*args, tiny="--arch" not in args)
