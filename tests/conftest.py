@@ -33,6 +33,22 @@ def make_checkpoint(tmp_path_factory):
     return make
 
 
+@pytest.fixture
+def fresh_checkpoint(tmp_path):
+    """fresh_checkpoint(arch, seed=0, **config_changes) -> (path, state_dict), written to this test's tmp_path.
+
+    For the big checkpoints only one test needs (L/16 is 813 MB): pytest deletes the folder when the test
+    passes (tmp_path_retention_policy in pyproject.toml), where make_checkpoint's files last the session.
+    """
+    def make(arch="mixer_b16_224", seed=0, **changes):
+        state = random_state_dict(config_for(arch, **changes), seed=seed)
+        path = tmp_path / f"{arch}-{seed}.safetensors"
+        save_checkpoint(state, path)
+        return path, state
+
+    return make
+
+
 def timm_model(arch, state_dict, dtype=torch.float32):
     """timm's own model for arch, with every tensor taken from state_dict (strict), in eval mode."""
     num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0
