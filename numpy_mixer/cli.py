@@ -65,6 +65,22 @@ class _Parser(argparse.ArgumentParser):
         return args
 
 
+def int_from(low, high=None, note=""):
+    """An argparse type: a whole number from low (to high), else a command-line error, exit status 2:
+    `numpy-mixer: error: argument --top-k: must be at least 1, got 0 - see numpy-mixer predict --help`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"at least {low}" if high is None else f"{low} to {high:,}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}{note}")
+        return value
+
+    return parse
+
+
 def build_parser():
     parser = _Parser(prog=PROG, description="MLP-Mixer image classification in pure NumPy.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -76,10 +92,10 @@ def build_parser():
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP)
     source.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
+    p.add_argument("--top-k", type=int_from(1), default=5, metavar="K", help="how many classes to print (default 5)")
     p.add_argument("--json", action="store_true",
                    help="JSON Lines: one object per image, printed as soon as it is classified")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B",
+    p.add_argument("--batch-size", type=int_from(1), default=16, metavar="B",
                    help="images per forward pass (default 16); threads follow OMP_NUM_THREADS")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr: auto = when stderr is a terminal and there are over "
@@ -90,10 +106,11 @@ def build_parser():
                                    "keys, to try the tools offline. Its predictions mean nothing.")
     r.add_argument("arch", choices=list(ARCHITECTURES), metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)}")
     r.add_argument("output", metavar="OUT", help="the file to write; its name must end in .safetensors")
-    r.add_argument("--num-classes", type=int, default=1000, metavar="N",
+    r.add_argument("--num-classes", metavar="N", default=1000,  # bounded before the head [N, C] is allocated
+                   type=int_from(0, MAX_NUM_CLASSES, " (0: no head; ImageNet-1k has 1000 classes, ImageNet-21k 21843)"),
                    help=f"classes of the head, 0 to {MAX_NUM_CLASSES:,} (default 1000, ImageNet-1k labels; "
                         "21843 for ImageNet-21k; 0: no head)")
-    r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    r.add_argument("--seed", type=int_from(0), default=0, metavar="S", help="random seed (default 0)")
     r.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
     from .embed import add_cli_parser as add_embed_parser  # numpy-mixer embed: see numpy_mixer/embed.py
@@ -196,10 +213,6 @@ def run_predict(args):
     from .model import load_model
     from .predict import classify_each
 
-    if args.top_k < 1:
-        raise MixerError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.weights:
         check_weights_file(args.weights)
     items = image_files(args.images)
@@ -243,11 +256,6 @@ def run_random_checkpoint(args):
     from .demo import _RANDOM_MARK
 
     out = args.output
-    if not 0 <= args.num_classes <= MAX_NUM_CLASSES:  # checked before the head [N, C] is allocated
-        raise MixerError(f"--num-classes must be 0 (no head) to {MAX_NUM_CLASSES:,}, got {args.num_classes} "
-                         "(ImageNet-1k has 1000 classes, ImageNet-21k 21843)")
-    if args.seed < 0:
-        raise MixerError(f"--seed must be 0 or more, got {args.seed}")
     if os.path.isdir(out):  # --force cannot replace a folder: say so, not the temporary file's name
         raise MixerError(f"{out}: is a folder - give a file name ending in .safetensors, e.g. "
                          f"{os.path.join(out, args.arch + '.safetensors')}")

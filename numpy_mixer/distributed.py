@@ -1,4 +1,4 @@
-"""Embeddings of a collection on a Dask cluster: pip install "numpy-mixer[dask]".
+"""Embeddings of a collection on a Dask cluster: the [dask] extra (pip install ".[dask]" in the source folder).
 
     from dask.distributed import Client
     from numpy_mixer.distributed import embed
@@ -84,7 +84,8 @@ def embed(paths, client, model=None, batch_size=DEFAULT_BATCH_SIZE, out=None, pr
     try:
         from dask.distributed import as_completed
     except ImportError:
-        raise MixerError('numpy_mixer.distributed needs Dask: pip install "numpy-mixer[dask]"') from None
+        raise MixerError('numpy_mixer.distributed needs Dask, which is not installed: pip install "dask[distributed]" '
+                         '(the [dask] extra)') from None
     from .weights import DEFAULT_MODEL
 
     model = DEFAULT_MODEL if model is None else model

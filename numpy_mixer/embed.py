@@ -170,9 +170,10 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
     """embed() with out given, returning a summary: {"out", "count", "failed", "num_features"}."""
     out = os.fspath(out)
     if not out.endswith(".npz"):
-        raise MixerError(f"{out}: the output file must end in .npz")
+        raise MixerError(f"{out}: the output file must end in .npz - give a name such as embeddings.npz")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise MixerError(f"{out}: no such folder for the output file")
+        raise MixerError(f"{out}: no such folder for the output file - create "
+                         f"{os.path.dirname(os.path.abspath(out))} first, or write elsewhere")
     if os.path.isdir(out):
         raise MixerError(f"{out}: is a directory; the output must be a file name ending in .npz")
     batch_size = positive_int(batch_size, "batch_size")  # a Python int: run.json holds it
@@ -332,7 +333,7 @@ def read_chunk(chunk, num_features, count, span=None, keys=tuple(_CHUNK_ARRAYS))
 
 def add_cli_parser(sub):
     """The `embed` subcommand, on cli.py's subparsers."""
-    from .cli import MODEL_HELP, WEIGHTS_HELP  # predict's words: the same names are accepted
+    from .cli import MODEL_HELP, WEIGHTS_HELP, int_from  # predict's words: the same names are accepted
 
     p = sub.add_parser("embed", help="embeddings (pre-logits, float32 [n, C]) of images into a .npz file")
     p.add_argument("images", nargs="+", metavar="IMAGE",
@@ -342,7 +343,7 @@ def add_cli_parser(sub):
     source.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="FILE.npz",
                    help="output: embeddings [n, C] float32, paths [n], failed [m], failed_reasons [m]")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="B",
+    p.add_argument("--batch-size", type=int_from(1), default=DEFAULT_BATCH_SIZE, metavar="B",
                    help=f"images per forward pass and per chunk on disk (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (FILE.npz.partial/)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
@@ -353,8 +354,6 @@ def add_cli_parser(sub):
 def run_cli(args):
     from .cli import say
 
-    if args.batch_size < 1:
-        raise MixerError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.weights:  # as predict's (cli.check_weights_file)
         check_regular(args.weights, "safetensors file", " (--weights takes a local .safetensors file; "
                                                           "use --model for a name)")

@@ -270,7 +270,8 @@ def _sklearn():
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise MixerError('this needs scikit-learn, which is not installed: pip install "numpy-mixer[train]"') from None
+        raise MixerError("this needs scikit-learn, which is not installed: pip install scikit-learn (the [train] "
+                         "extra)") from None
     return load_digits, train_test_split
 
 

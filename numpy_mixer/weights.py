@@ -397,11 +397,11 @@ def read_safetensors(path, check=None):
         st = os.fstat(f.fileno())
         size = st.st_size
         if size < 8:
-            raise MixerError(f"{path}: not a safetensors file (only {size} bytes)")
+            raise MixerError(f"{path}: not a safetensors file (only {size} bytes) - download or export it again")
         (header_len,) = struct.unpack("<Q", f.read(8))
         if header_len > size - 8:
             raise MixerError(f"{path}: not a safetensors file, or truncated (header length {header_len:,} "
-                             f"in a file of {size:,} bytes)")
+                             f"in a file of {size:,} bytes) - download or export it again")
         if header_len > MAX_HEADER_BYTES:
             raise MixerError(f"{path}: the safetensors header is {header_len:,} bytes, over this reader's limit of "
                              f"{MAX_HEADER_BYTES:,} (a Mixer's header is about 30 KB); not a Mixer checkpoint")

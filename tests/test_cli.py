@@ -23,8 +23,10 @@ def run(*args, env=None):
                           timeout=300, env=dict(os.environ, **(env or {})))
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 1, result.stdout + result.stderr
+def assert_one_line_error(result, *fragments, status=1):
+    """One line on stderr, `numpy-mixer: error: ...` with each fragment, and the exit status: 1, or 2 for a bad
+    command line."""
+    assert result.returncode == status, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("numpy-mixer: error: "), result.stderr
@@ -121,7 +123,6 @@ def test_bad_inputs_each_give_one_line(tmp_path, photos, weights):
          ["'blocks.0.mlp_tokens.fc2.weight' has shape (49, 100), expected (49, 256)"]),
         (("predict", photos[0], "--weights", pickled), ["model.pth", "pickled checkpoint"]),
         (("predict", photos[0], "--model", "mixer_b16_224.nope"), ["unknown model 'mixer_b16_224.nope'"]),
-        (("predict", photos[0], "--top-k", 0, "--weights", weights), ["--top-k"]),
         (("predict", photos[0], "--weights", headless), ["headless.safetensors", "no classifier head"]),
         (("predict", photos[0], "--weights", "digits"), ["digits: no such file", "use --model"]),
         (("predict", no_images, "--weights", weights), ["docs: folder has no image files"]),
@@ -402,7 +403,7 @@ def test_train_extra_is_named_when_scikit_learn_is_missing(monkeypatch):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     for call in [lambda: digits_data(BUNDLED["digits"]), lambda: digits_heldout_sets(BUNDLED["digits"]),
                  lambda: digits_training_set(BUNDLED["digits"], 1, 1, 1, seed=0)]:
-        with pytest.raises(MixerError, match=r'pip install "numpy-mixer\[train\]"'):
+        with pytest.raises(MixerError, match=r"pip install scikit-learn \(the \[train\] extra\)"):
             call()
 
 
@@ -494,6 +495,13 @@ def test_argparse_errors_are_one_line_as_the_readme_says(photos):
         (("random-checkpoint", "mixer_s32_224", "x.safetensors", "--frobnicate"),
          "numpy-mixer: error: unrecognized arguments: --frobnicate - see numpy-mixer random-checkpoint --help"),
         ((), "numpy-mixer: error: the following arguments are required: command - see numpy-mixer --help"),
+        # a number out of range is a bad command line too: refused before anything is read or allocated
+        (("predict", photos[0], "--top-k", "0"),
+         "numpy-mixer: error: argument --top-k: must be at least 1, got 0 - see numpy-mixer predict --help"),
+        (("embed", photos[0], "--out", "e.npz", "--batch-size", "-2"),
+         "numpy-mixer: error: argument --batch-size: must be at least 1, got -2 - see numpy-mixer embed --help"),
+        (("random-checkpoint", "mixer_s32_224", "x.safetensors", "--seed", "-1"),
+         "numpy-mixer: error: argument --seed: must be at least 0, got -1 - see numpy-mixer random-checkpoint --help"),
     ]:
         result = run(*args)
         assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n"), result.stderr
@@ -521,6 +529,7 @@ def bad_command_lines(draw):
     text = st.text(min_size=0, max_size=12).map(lambda s: s.replace("\x00", ""))  # argv holds no NUL
     kinds = [
         st.tuples(st.sampled_from(int_options), text.filter(not_an_int)).map(list),  # invalid int value
+        st.tuples(st.sampled_from(int_options), st.integers(max_value=-1).map(str)).map(list),  # must be at least
         st.sampled_from(int_options + choice_options).map(lambda option: ["END", option]),  # expected one argument
         text.filter(lambda s: " " not in s).map(lambda s: ["--no-such-" + s]),  # unrecognized arguments
         st.just(["MISSING"]),  # the following arguments are required
@@ -563,7 +572,8 @@ def test_random_checkpoint_bounds_the_head_before_allocating_it(tmp_path, monkey
     assert MAX_NUM_CLASSES >= 21843  # ImageNet-21k's head fits
     out = tmp_path / "big.safetensors"
     result = run("random-checkpoint", "mixer_s32_224", out, "--num-classes", 10 ** 12)  # 4 TB of head
-    assert_one_line_error(result, f"--num-classes must be 0 (no head) to {MAX_NUM_CLASSES:,}, got {10 ** 12}")
+    assert_one_line_error(result, f"--num-classes: must be 0 to {MAX_NUM_CLASSES:,}, got {10 ** 12} (0: no head",
+                          "see numpy-mixer random-checkpoint --help", status=2)
     assert os.listdir(tmp_path) == []
     made = []
 
@@ -576,7 +586,7 @@ def test_random_checkpoint_bounds_the_head_before_allocating_it(tmp_path, monkey
 
     monkeypatch.setattr(checkpoint, "random_state_dict", record)  # the bound itself, without allocating it
     status, _, stderr = call_main(["random-checkpoint", "mixer_s32_224", out, "--num-classes", MAX_NUM_CLASSES + 1])
-    assert status == 1 and f"got {MAX_NUM_CLASSES + 1}" in stderr and made == []
+    assert status == 2 and f"got {MAX_NUM_CLASSES + 1}" in stderr and made == []
     with pytest.raises(Made):
         call_main(["random-checkpoint", "mixer_s32_224", out, "--num-classes", MAX_NUM_CLASSES])
     assert made == [MAX_NUM_CLASSES]

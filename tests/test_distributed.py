@@ -1,5 +1,6 @@
 """numpy_mixer.distributed.embed on a real Dask cluster (2 worker processes): the single-process result, bit for bit."""
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,10 @@ def test_model_must_be_a_name_or_path(client, tmp_path):
     with pytest.raises(MixerError, match="unknown model 'no-such-model'") as info:  # loaded on the workers
         distributed.embed(paths, client, model="no-such-model")
     assert "\n" not in str(info.value)
+
+
+def test_without_dask_the_error_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if Dask were not installed
+    with pytest.raises(MixerError, match=r'^numpy_mixer.distributed needs Dask, which is not installed: '
+                                         r'pip install "dask\[distributed\]" \(the \[dask\] extra\)$'):
+        distributed.embed([str(tmp_path / "a.jpg")], client=None)
