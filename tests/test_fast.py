@@ -480,8 +480,8 @@ def test_cli_takes_folders_and_batch_size(small_model_file, photo_folder):
     assert printed == files  # every image in the folder, sorted; notes.txt skipped
     assert by_folder.stderr == ""  # no progress bar when stderr is not a terminal
     bad = run_cli("predict", photo_folder, "--weights", small_model_file, "--batch-size", 0)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "numpy-mixer: error: --batch-size must be at least 1, got 0"]
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "numpy-mixer: error: argument --batch-size: must be at least 1, got 0 - see numpy-mixer predict --help"]
     empty = photo_folder.parent / "empty"
     empty.mkdir(exist_ok=True)
     nothing = run_cli("predict", empty, "--weights", small_model_file)
