@@ -206,11 +206,32 @@ def load_image(img, check_size=None):
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
             raise MixerError(f"image array has shape {img.shape} and dtype {img.dtype}; expected HxWx3 "
-                             "(or HxW, HxWx1, HxWx4) uint8")
+                             f"(or HxW, HxWx1, HxWx4) uint8 - {_array_hint(img)}")
         if img.size == 0:
-            raise MixerError(f"image array has shape {img.shape}: no pixels")
+            raise MixerError(f"image array has shape {img.shape}: no pixels - pass an image of at least 1x1")
+        h, w = img.shape[:2]
+        # as for a file, before any copy: a broadcast or strided view can declare far more pixels than it holds
+        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+            raise MixerError(f"image array of {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit "
+                             f"of {Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first, "
+                             "or raise that limit")
+        if check_size is not None:
+            check_size(w, h)
         return to_rgb(Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img))
     raise MixerError(f"cannot read an image from {type(img).__name__}; pass a path, a PIL image or a uint8 array")
+
+
+def _array_hint(img):
+    """What to do with an array load_image cannot take, from its dtype and shape."""
+    if img.ndim == 4:
+        return "one image per array: pass a list of HxWx3 arrays for a batch"
+    if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] not in (1, 3, 4):
+        return "it looks channels-first: pass a.transpose(1, 2, 0)"
+    if img.dtype.kind == "f":
+        return "for values in 0..1, pass (a * 255).round().clip(0, 255).astype(np.uint8)"
+    if img.dtype.kind in "iub":
+        return "convert it with a.clip(0, 255).astype(np.uint8) if its values are 0..255"
+    return "convert it to a uint8 array of 0..255 values"
 
 
 def to_rgb(img):

@@ -169,6 +169,52 @@ def test_preprocess_is_timm_or_a_mixer_error(tmp_path_factory, case, which):
     np.testing.assert_array_equal(ours, TRANSFORMS[which](reference).numpy(), err_msg=what)
 
 
+@st.composite
+def any_arrays(draw):
+    """(array, description): any dtype and 0-4 axes, small; or a broadcast view declaring up to 10^10 pixels
+    while holding a few bytes (what np.broadcast_to or a memmap can hand to preprocess)."""
+    dtype = draw(st.sampled_from(["uint8", "uint8", "int8", "uint16", "int64", "float16", "float32", "float64",
+                                  "bool", "complex64", "object"]))
+    if draw(st.booleans()):
+        shape = tuple(draw(st.lists(st.integers(0, 6), min_size=0, max_size=4)))
+        array = np.zeros(shape, dtype) if dtype == "object" else \
+            np.random.default_rng(0).integers(0, 256, shape).astype(dtype)
+        return array, f"{dtype} {shape}"
+    h, w = draw(st.integers(1, 100_000)), draw(st.integers(1, 100_000))
+    channels = draw(st.sampled_from([(), (1,), (3,), (4,), (2,)]))
+    return np.broadcast_to(np.zeros((1, 1) + channels, dtype), (h, w) + channels), f"{dtype} view {h}x{w}x{channels}"
+
+
+@settings(max_examples=2 * settings().max_examples)
+@given(case=any_arrays())
+def test_any_array_is_an_image_or_one_line_that_says_what_to_do(case):
+    array, what = case
+    reset_peak_memory()
+    before = memory_kib("VmRSS")
+    try:
+        ours = preprocess(array)
+    except MixerError as e:
+        message = str(e)
+        assert "\n" not in message and message.startswith("image"), (what, message)
+        if array.dtype == np.uint8 and array.ndim in (2, 3) and array.size and (array.ndim == 2 or array.shape[2] in (1, 3, 4)):
+            # a uint8 image is refused only for its size, before any copy
+            assert "decompression-bomb" in message or "aspect ratio" in message, (what, message)
+            event("uint8 image refused for its size")
+        else:
+            assert " - " in message, (what, message)  # and says what to do
+            event("not an image array")
+        ours = None
+    growth = (memory_kib("VmHWM") - before) * 1024
+    h, w = (array.shape[:2] if array.ndim >= 2 else (0, 0))
+    # a refused view is never copied; an accepted one is copied once (up to Pillow's limit), then resized (capped)
+    bound = 200 * MIB + (0 if ours is None else 4 * h * w)
+    assert growth < bound, (what, growth / MIB)
+    if ours is not None:
+        event("preprocessed")
+        plain = np.ascontiguousarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+        np.testing.assert_array_equal(ours, TRANSFORMS[0](timm_reads(plain, None)).numpy(), err_msg=what)
+
+
 @pytest.mark.parametrize("w, h", [(1, 256), (3, 768), (2, 513), (1, 257)])
 def test_the_aspect_ratio_limit_is_exact(w, h):
     """1x256 resizes to 256x65536 = MAX_RESIZED_PIXELS: accepted; one pixel more in the ratio: refused."""
