@@ -1,10 +1,11 @@
 """A thin model object: timm's method names over the layer functions and a checked state dict."""
+import contextlib
 import os
 
 import numpy as np
 
 from . import layers
-from .errors import MixerError
+from .errors import MixerError, first_line
 from .weights import (DEFAULT_MODEL, DEFAULT_PREPROCESSING, LABEL_SETS_BY_CLASSES, MAX_NUM_CLASSES,
                       check_architecture, check_finite, check_state_dict, infer_config, read_safetensors, resolve)
 
@@ -70,16 +71,32 @@ class MlpMixer:
 
     def _check_input(self, x):
         x = np.asarray(x)
-        want = self.pretrained_cfg["input_size"]
-        if x.ndim == 3:
-            raise MixerError(f"input has shape {x.shape}: add a batch axis, e.g. x[None], to get (1, *{want})")
+        want = tuple(self.pretrained_cfg["input_size"])  # (3, H, W)
+        expected = f"expected (B, {', '.join(map(str, want))})"
+        channels_last = want[1:] + want[:1]  # (H, W, 3)
+        if x.shape == want:
+            raise MixerError(f"input has shape {x.shape}, {expected} - add a batch axis: x[None]")
+        if x.shape == channels_last:
+            raise MixerError(f"input has shape {x.shape}, {expected} - it is channels-last: x.transpose(2, 0, 1)[None]")
+        if x.ndim == 4 and x.shape[1:] == channels_last:
+            raise MixerError(f"input has shape {x.shape}, {expected} - it is channels-last: x.transpose(0, 3, 1, 2)")
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise MixerError(f"input has shape {x.shape}, expected (B, {', '.join(map(str, want))})")
+            raise MixerError(f"input has shape {x.shape}, {expected} - model.preprocess(img) makes one image's "
+                             f"{want} from a file, PIL image or array")
         if x.dtype not in (np.float32, np.float64):
-            raise MixerError(f"input has dtype {x.dtype}, expected float32 (see numpy_mixer.preprocess)")
-        if not np.isfinite(x).all():
-            raise MixerError(f"input of shape {x.shape} has {np.count_nonzero(~np.isfinite(x)):,} NaN or infinite "
-                             "values; the logits would all be NaN")
+            raise MixerError(f"input has dtype {x.dtype}, expected float32 - model.preprocess(img) makes it from "
+                             "an image")
+        # before reading it: a broadcast view can declare a batch no machine could run, in a few bytes
+        tokens_bytes = len(x) * self.config.num_patches * self.config.embed_dim * x.itemsize  # the output alone
+        if tokens_bytes > _physical_memory():
+            raise MixerError(f"input of shape {x.shape}: a batch of {len(x):,} images needs over "
+                             f"{tokens_bytes / 2**30:,.1f} GiB for its tokens alone, more than this machine's "
+                             f"{_physical_memory() / 2**30:,.1f} GiB - pass fewer at a time (predict and embed take "
+                             "any number and batch them)")
+        bad = _count_nonfinite(x)
+        if bad:
+            raise MixerError(f"input of shape {x.shape} has {bad:,} NaN or infinite values; the logits would all be "
+                             "NaN - check how it was made")
         if self.mapped_file is not None:
             self.mapped_file.check()
         return x
@@ -91,7 +108,8 @@ class MlpMixer:
         fast=False runs the readable layer functions of numpy_mixer.layers.
         """
         x = self._cast(self._check_input(x))
-        tokens = self._features(x, fast)
+        with _batch_memory(x):
+            tokens = self._features(x, fast)
         _check_overflow(tokens, x, "the forward pass")
         return tokens
 
@@ -125,7 +143,7 @@ class MlpMixer:
         take = take_indices(self.config.depth, indices)
         p = self.params
         blocks = p["blocks"][:max(take) + 1] if stop_early else p["blocks"]
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+        with np.errstate(over="ignore", invalid="ignore"), _batch_memory(x):  # an overflow: reported below
             features, intermediates = layers.forward_intermediates(x, p["stem"], blocks, p["norm"], take, norm,
                                                                    self.config.patch_size)
         _check_overflow(features, x, "the forward pass")
@@ -148,9 +166,10 @@ class MlpMixer:
             raise MixerError(f"forward_head takes float32 tokens (the output of forward_features), got {x.dtype}")
         if x.shape[1] == 0 and len(x):
             raise MixerError(f"forward_head got tokens of shape {x.shape}: no tokens to pool")
-        if not np.isfinite(x).all():
-            raise MixerError(f"tokens of shape {x.shape} have {np.count_nonzero(~np.isfinite(x)):,} NaN or infinite "
-                             "values; the logits would be NaN")
+        bad = _count_nonfinite(x)
+        if bad:
+            raise MixerError(f"tokens of shape {x.shape} have {bad:,} NaN or infinite values; the logits would be NaN "
+                             "- check how they were made")
         return self._head(self._cast(x), pre_logits)
 
     def _head(self, tokens, pre_logits=False):
@@ -167,7 +186,7 @@ class MlpMixer:
         it: an image whose pass overflows float32 gets a non-finite row, for the caller to report that image
         alone, where model(x) raises for the whole batch. [B, 3, H, W] -> [B, K] (or [B, C])"""
         x = self._cast(self._check_input(x))
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"), _batch_memory(x):
             return self._head(self._features(x), pre_logits)
 
     def __call__(self, x, fast=True):
@@ -293,11 +312,43 @@ def load_model(name_or_path=DEFAULT_MODEL, num_classes=None):
     return model
 
 
+def _physical_memory():
+    """This machine's memory in bytes (infinite where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return float("inf")
+
+
+@contextlib.contextmanager
+def _batch_memory(x):
+    """A MemoryError in a forward pass (a batch far larger than memory fails at its first allocation) -> one line."""
+    try:
+        yield
+    except MemoryError as e:
+        raise MixerError(f"input of shape {x.shape}: not enough memory for a batch of {len(x):,} images "
+                         f"({first_line(e)}) - pass fewer at a time (predict and embed take any number and batch "
+                         "them)") from None
+
+
+def _count_nonfinite(a, chunk_elems=1 << 22):
+    """How many values of a are NaN or infinite, in chunks along the first axis: no temporary the size of a
+    (a batch of 10k images would take a 1.5 GB boolean mask; a broadcast view, any size it declares)."""
+    if a.size == 0:
+        return 0
+    step = max(1, chunk_elems // max(1, a[0].size if a.ndim else 1))
+    if a.ndim == 0:
+        return int(not np.isfinite(a))
+    return sum(int(np.count_nonzero(~np.isfinite(a[i:i + step]))) for i in range(0, len(a), step))
+
+
 def _check_overflow(out, x, what):
     """A MixerError if finite input x gave non-finite values: float32 overflowed (a huge input or weights)."""
-    if not np.isfinite(out).all():
-        raise MixerError(f"{what} overflowed {out.dtype} ({np.count_nonzero(~np.isfinite(out)):,} NaN or infinite "
-                         f"values from an input of magnitude up to {np.abs(x).max():.3g}): the model expects images "
+    bad = _count_nonfinite(out)
+    if bad:
+        magnitude = max(-float(x.min()), float(x.max())) if x.size else 0.0
+        raise MixerError(f"{what} overflowed {out.dtype} ({bad:,} NaN or infinite "
+                         f"values from an input of magnitude up to {magnitude:.3g}): the model expects images "
                          "normalised as model.preprocess makes them, within a few units; check the input and weights")
 
 

@@ -173,7 +173,7 @@ class SharedFile:
             _live_files.add(path)
             return
         raise MixerError(f"cannot make {size:,} bytes of shared memory for the worker processes "
-                         f"({'; '.join(problems)}); free some space there or set {ENV}=threads")
+                         f"({'; '.join(problems)}) - free some space there, pass a smaller batch, or set {ENV}=threads")
 
     def unlink(self):
         if self.path in _live_files:

@@ -4,10 +4,13 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
 
 import numpy_mixer
 
@@ -508,6 +511,48 @@ def test_model_argument_checks(tmp_path, make_checkpoint):
     tokens = model.forward_features(np.ones((2, 3, 32, 32), np.float32))
     assert np.array_equal(model.forward_head(tokens[:, :3]), model.forward_head(tokens[:, :3].astype(np.float64)))
     assert model.forward_intermediates(x, indices=np.array([0, -1]), intermediates_only=True)[0].shape[0] == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return load_model(tiny_checkpoint(tmp_path_factory.mktemp("tiny"))[0])  # 32 x 32 input, 5 classes
+
+
+@st.composite
+def model_inputs(draw):
+    """(x, description): what a caller might hand to model(x): right and wrong shapes (channels-last, no batch
+    axis, another size), any dtype, NaN and infinities, and broadcast views of up to 10^12 images in a few bytes."""
+    dtype = draw(st.sampled_from(["float32"] * 4 + ["float64", "float16", "uint8", "int64", "bool", "object"]))
+    kind = draw(st.sampled_from(["right", "channels_last", "no_batch", "other", "view"]))
+    B = draw(st.integers(0, 3))
+    shape = {"right": (B, 3, 32, 32), "channels_last": (B, 32, 32, 3), "no_batch": (3, 32, 32),
+             "view": (draw(st.sampled_from([10**3, 10**7, 10**12])), 3, 32, 32)}.get(kind) or \
+        tuple(draw(st.lists(st.integers(0, 40), max_size=5)))
+    if kind == "view":
+        return np.broadcast_to(np.zeros((1, 3, 32, 32), dtype), shape), f"{dtype} view {shape}"
+    x = np.random.default_rng(draw(st.integers(0, 99))).standard_normal(shape).astype(dtype)
+    if x.size and x.dtype.kind == "f" and draw(st.booleans()):
+        x.flat[draw(st.integers(0, x.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return x, f"{dtype} {kind} {shape}"
+
+
+@settings(max_examples=2 * settings().max_examples)
+@given(case=model_inputs())
+@example(case=(np.broadcast_to(np.zeros((1, 3, 32, 32), np.float32), (10**12, 3, 32, 32)), "view of 10^12"))
+@example(case=(np.ones((2, 3, 32, 32), np.float32), "two images"))
+def test_any_input_gives_logits_or_one_line_that_says_what_to_do(tiny_model, case):
+    x, what = case
+    start = time.perf_counter()
+    try:
+        logits = tiny_model(x)
+    except MixerError as e:
+        message = str(e)
+        assert "\n" not in message and " - " in message, (what, message)  # one line, with what to do
+        event(message.split(" - ")[-1][:40])
+    else:
+        assert logits.shape == (len(x), 5) and logits.dtype == np.float32 and np.isfinite(logits).all(), what
+        event("logits")
+    assert time.perf_counter() - start < 30, what  # no hang: a view of 10^12 images is refused at once
 
 
 def test_a_checkpoint_changed_in_place_is_caught_before_it_is_read(tmp_path):
