@@ -233,6 +233,10 @@ def run_predict(args):
         progress = {"on": True, "off": False}.get(args.progress,
                                                    sys.stderr.isatty() and len(todo) > PROGRESS_MIN_IMAGES)
         model = load_model(args.weights or args.model or DEFAULT_MODEL)
+        from .demo import has_random_weights
+
+        if has_random_weights(model):  # labels from random weights look real: say so before them
+            say("note", f"{model.mapped_file.path}: {RANDOM_WARNING}")
         if 0 < model.num_classes < args.top_k:
             say("note", f"--top-k {args.top_k} is more than the model's {model.num_classes} classes: "
                         f"showing all {model.num_classes}")

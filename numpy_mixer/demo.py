@@ -117,6 +117,16 @@ def _random_model(arch, tag, seed):
     return MlpMixer(read_safetensors(random_checkpoint(arch, num_classes, seed)), dict(cfg, name=name), name)
 
 
+def has_random_weights(model):
+    """Whether model's weights come from a checkpoint marked as random (numpy-mixer random-checkpoint, or the
+    notebooks' random stand-ins): their predictions mean nothing."""
+    path = getattr(getattr(model, "mapped_file", None), "path", None)
+    try:
+        return path is not None and _is_random_checkpoint(path)
+    except Exception:  # the file was checked when loaded; if it cannot be read again now, it is not marked
+        return False
+
+
 def _is_random_checkpoint(path):
     from safetensors import safe_open
 

@@ -194,8 +194,12 @@ def embed_to_file(images, out, model=None, batch_size=DEFAULT_BATCH_SIZE, resume
             before = None
         if before != run:
             differs = [k for k in run if not isinstance(before, dict) or before.get(k) != run[k]]
-            raise MixerError(f"{partial}: the interrupted run had other {', '.join(differs) or 'settings'} (same "
-                             "files, model and --batch-size are needed to resume); delete the folder to start again")
+            was = [f"{k} {before[k]!r}" for k in differs if isinstance(before, dict) and k in before
+                   and isinstance(before[k], (int, str)) and len(repr(before[k])) <= 80]
+            raise MixerError(f"{partial}: the interrupted run had other {', '.join(differs) or 'settings'}"
+                             + (f" (it had {', '.join(was)})" if was else "")
+                             + "; the same files, model and --batch-size are needed to resume - pass those, or "
+                             "delete the folder to start again")
     else:
         try:
             os.makedirs(partial)

@@ -31,9 +31,9 @@ CUSTOM_ARCHITECTURE = "mixer_custom"
 _PICKLED = ("pytorch_model.bin", "pytorch_model.pth", "model.pth")
 PROBE_TIMEOUT_S = 3.0
 
+_OFFLINE_WAY = "or set HF_HUB_OFFLINE=1 with the model already in the Hugging Face cache (HF_HOME), "
 _WAYS_FORWARD = ("pass a local checkpoint with --weights FILE (load_model('path/to/model.safetensors')), "
-                 "or set HF_HUB_OFFLINE=1 with the model already in the Hugging Face cache (HF_HOME), "
-                 "or use --model digits (shipped in the package, no download)")
+                 + _OFFLINE_WAY + "or use --model digits (shipped in the package, no download)")
 
 
 # --- names ------------------------------------------------------------------------------------------------
@@ -121,8 +121,9 @@ def hub_file(repo, filename, revision=None):
         why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
                else f"no network ({constants.ENDPOINT} does not answer)" if not online
                else f"{constants.ENDPOINT} could not be reached")
+        ways = _WAYS_FORWARD if not constants.HF_HUB_OFFLINE else _WAYS_FORWARD.replace(_OFFLINE_WAY, "")
         raise MixerError(f"cannot download {where}: {why} and it is not in the Hugging Face cache "
-                         f"({constants.HF_HUB_CACHE}); {_WAYS_FORWARD}") from None
+                         f"({constants.HF_HUB_CACHE}); {ways}") from None
     except RepositoryNotFoundError:
         raise MixerError(f"{repo}: no such repository on the Hugging Face hub (or it is private: "
                          "log in with `hf auth login`)") from None

@@ -464,8 +464,9 @@ def resolve(name_or_path):
         tags = [t for t in PRETRAINED if t.split(".")[0] == name]
         if not tags:
             if name in ARCHITECTURES:
-                raise MixerError(f"{name} has no pretrained weights in timm; pass a local .safetensors file "
-                                 "(--weights FILE)")
+                raise MixerError(f"{name} has no pretrained weights in timm - pass a local .safetensors file "
+                                 f"(--weights FILE), e.g. random ones to try it: numpy-mixer random-checkpoint "
+                                 f"{name} {name}.safetensors")
             raise _unknown(name)
         name = tags[0]
     if name not in PRETRAINED:

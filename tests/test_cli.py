@@ -15,6 +15,7 @@ from PIL import Image
 from numpy_mixer import MixerError, load_labels, load_model, predict
 from numpy_mixer.predict import classify_each
 from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoint
+from numpy_mixer.cli import RANDOM_WARNING
 from numpy_mixer.weights import ARCHITECTURES
 
 
@@ -306,7 +307,12 @@ def test_random_checkpoint_command(tmp_path, photos):
     expected = random_state_dict(config_for("mixer_s32_224", num_classes=10), seed=3)
     assert model.num_classes == 10 and model.state_dict().keys() == expected.keys()
     assert all(np.array_equal(model.state_dict()[k], v) for k, v in expected.items())
-    assert run("predict", photos[0], "--weights", out).returncode == 0
+    predicted = run("predict", photos[0], "--weights", out)  # labels from random weights look real: a note says so
+    assert predicted.returncode == 0 and predicted.stdout.strip()
+    assert predicted.stderr == f"numpy-mixer: note: {out}: {RANDOM_WARNING}\n", predicted.stderr
+    plain = tmp_path / "plain.safetensors"  # the same weights, not marked random: no note
+    save_checkpoint(expected, plain)
+    assert run("predict", photos[0], "--weights", plain).stderr == ""
     assert_one_line_error(run("random-checkpoint", "mixer_s32_224", out), "already exists", "--force")
     assert run("random-checkpoint", "mixer_x99", tmp_path / "x.safetensors").returncode == 2  # argparse lists them
     assert_one_line_error(run("random-checkpoint", "mixer_s32_224", tmp_path / "no" / "x.safetensors"),

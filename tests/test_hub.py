@@ -328,7 +328,7 @@ def test_known_tag_reads_its_cached_config_json_and_works_without_it(offline_cac
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"},  # offline on purpose
                                  {"HF_ENDPOINT": "http://192.0.2.1"}])  # a host that never answers (TEST-NET-1)
-def test_offline_with_an_empty_cache_fails_in_seconds_with_three_ways_forward(tmp_path, photo, env):
+def test_offline_with_an_empty_cache_fails_in_seconds_with_the_ways_forward(tmp_path, photo, env):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
     environ.update(env, HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
     code = ("import time, numpy_mixer\nt = time.perf_counter()\ntry:\n    numpy_mixer.load_model()\n"
@@ -337,6 +337,8 @@ def test_offline_with_an_empty_cache_fails_in_seconds_with_three_ways_forward(tm
     seconds, message = out.stdout.split(" ", 1)
     assert float(seconds) < 5, out.stdout
     assert all(w in message for w in ("--weights FILE", "HF_HUB_OFFLINE", "--model digits")), message
+    # where HF_HUB_OFFLINE is set already, the reason says so and the ways forward do not offer it again
+    assert ("set HF_HUB_OFFLINE=1 with the model" in message) == ("HF_HUB_OFFLINE" not in env), message
 
     start = time.perf_counter()
     cli = subprocess.run([sys.executable, "-m", "numpy_mixer", "predict", photo], env=environ,
