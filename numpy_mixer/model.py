@@ -334,11 +334,11 @@ def _batch_memory(x):
 def _count_nonfinite(a, chunk_elems=1 << 22):
     """How many values of a are NaN or infinite, in chunks along the first axis: no temporary the size of a
     (a batch of 10k images would take a 1.5 GB boolean mask; a broadcast view, any size it declares)."""
-    if a.size == 0:
-        return 0
-    step = max(1, chunk_elems // max(1, a[0].size if a.ndim else 1))
     if a.ndim == 0:
         return int(not np.isfinite(a))
+    if a.size == 0:
+        return 0
+    step = max(1, chunk_elems // max(1, a[0].size))
     return sum(int(np.count_nonzero(~np.isfinite(a[i:i + step]))) for i in range(0, len(a), step))
 
 
