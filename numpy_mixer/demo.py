@@ -67,7 +67,8 @@ def demo_model(name=DEFAULT_MODEL, num_classes=None, seed=0):
         if not os.path.isfile(choice):
             raise MixerError(f"{ENV_VAR}={choice!r} is neither auto, random, pretrained, a timm tag "
                              f"({', '.join(PRETRAINED)}) nor an existing .safetensors file")
-        model, real = load_model(choice), not _is_random_checkpoint(choice)
+        model = load_model(choice)
+        real = not has_random_weights(model)
     if model is None:
         if arch not in ARCHITECTURES:
             raise MixerError(f"unknown model {name!r}; known architectures: {', '.join(ARCHITECTURES)}")
@@ -119,19 +120,8 @@ def _random_model(arch, tag, seed):
 
 def has_random_weights(model):
     """Whether model's weights come from a checkpoint marked as random (numpy-mixer random-checkpoint, or the
-    notebooks' random stand-ins): their predictions mean nothing."""
-    path = getattr(getattr(model, "mapped_file", None), "path", None)
-    try:
-        return path is not None and _is_random_checkpoint(path)
-    except Exception:  # the file was checked when loaded; if it cannot be read again now, it is not marked
-        return False
-
-
-def _is_random_checkpoint(path):
-    from safetensors import safe_open
-
-    with safe_open(path, "np") as f:
-        return (f.metadata() or {}).get("source") == _RANDOM_MARK
+    notebooks' random stand-ins), by its file's metadata: their predictions mean nothing."""
+    return model.metadata.get("source") == _RANDOM_MARK
 
 
 def _cache_dir():

@@ -48,6 +48,7 @@ class MlpMixer:
         check_finite(state_dict, source)
         # read_safetensors' arrays are views of a memory-mapped file: each forward checks it is unchanged
         self.mapped_file = getattr(state_dict, "mapped_file", None)
+        self.metadata = dict(getattr(state_dict, "metadata", None) or {})  # the file's __metadata__, if any
         self.params = nest(state_dict)
         cfg = dict(DEFAULT_PREPROCESSING, name=source, labels=LABEL_SETS_BY_CLASSES.get(self.config.num_classes))
         cfg.update(pretrained_cfg or {})
@@ -210,7 +211,9 @@ class MlpMixer:
         if dtype not in (np.float32, np.float64):  # erf and the fast path exist in these two only
             raise MixerError(f"astype({dtype}): a model runs in float32 or float64 only")
         state = {k: np.asarray(v, dtype) for k, v in self.state_dict().items()}
-        return MlpMixer(state, self.pretrained_cfg, self.pretrained_cfg["name"])
+        copy = MlpMixer(state, self.pretrained_cfg, self.pretrained_cfg["name"])
+        copy.metadata = dict(self.metadata)  # random weights stay marked as such
+        return copy
 
     def reset_classifier(self, num_classes):
         """A new head with num_classes outputs, zero-initialised as timm does; 0 removes the head."""

@@ -392,12 +392,9 @@ def training_record(name_or_path="digits"):
     """What tools/train_digits.py stored beside the weights: ({metrics}, {per-epoch curves})."""
     import json
 
-    from safetensors import safe_open
+    from .weights import read_safetensors, resolve
 
-    from .weights import resolve
-
-    with safe_open(resolve(name_or_path)[0], "numpy") as f:
-        metadata = f.metadata() or {}
+    metadata = read_safetensors(resolve(name_or_path)[0]).metadata  # the header, checked as load_model checks it
     return json.loads(metadata.get("metrics", "{}")), json.loads(metadata.get("history", "{}"))
 
 

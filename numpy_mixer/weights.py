@@ -281,8 +281,10 @@ class MappedFile:
 
 
 class Tensors(dict):
-    """read_safetensors' result: {key: array}, and .mapped_file, the file the arrays are views of."""
+    """read_safetensors' result: {key: array}, .mapped_file, the file the arrays are views of, and .metadata,
+    the header's __metadata__ ({} where it has none)."""
     mapped_file = None
+    metadata = None
 
 
 def _unique_keys(pairs):
@@ -317,7 +319,8 @@ def _no_float(text):
 
 
 def _parse_header(raw, path, data_len):
-    """The header bytes -> [(key, dtype name, shape, start, end)], each checked; else a MixerError.
+    """The header bytes -> ([(key, dtype name, shape, start, end)], __metadata__ or {}), each checked; else a
+    MixerError.
 
     The checks are the safetensors crate's (valid UTF-8 JSON, known fields, integer sizes, tensors that
     are contiguous, do not overlap and cover the data section exactly), plus unique keys and a cap on
@@ -378,7 +381,7 @@ def _parse_header(raw, path, data_len):
         how = "truncated or corrupt" if position > data_len else "corrupt"
         raise MixerError(f"{path}: {how}: the tensors take {position:,} bytes, the file holds {data_len:,} after the "
                          "header; download or export it again")
-    return entries
+    return entries, metadata or {}
 
 
 def read_safetensors(path, check=None):
@@ -407,7 +410,7 @@ def read_safetensors(path, check=None):
                              f"{MAX_HEADER_BYTES:,} (a Mixer's header is about 30 KB); not a Mixer checkpoint")
         raw = f.read(header_len)
         data_start = 8 + header_len
-        entries = _parse_header(raw, path, size - data_start)
+        entries, metadata = _parse_header(raw, path, size - data_start)
         if check is not None:
             check({key: TensorSpec(shape, _LOADS_AS[dtype]) for key, dtype, shape, _, _ in entries})
         mapped = MappedFile(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -418,7 +421,7 @@ def read_safetensors(path, check=None):
         if data is not None:  # which file this map is: worker processes map it again (numpy_mixer.processes)
             data.mapped_file = mapped
     tensors = Tensors()
-    tensors.mapped_file = mapped
+    tensors.mapped_file, tensors.metadata = mapped, metadata
     for key, dtype, shape, start, end in entries:
         raw_dtype = _DTYPES[dtype][0]
         if start == end:

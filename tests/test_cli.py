@@ -304,6 +304,10 @@ def test_random_checkpoint_command(tmp_path, photos):
     with safe_open(str(out), "np") as f:
         assert "mean nothing" in f.metadata()["warning"]
     model = load_model(out)
+    from numpy_mixer.demo import has_random_weights
+
+    assert has_random_weights(model) and has_random_weights(model.astype(np.float64))  # the mark, from the header
+    assert model.metadata["warning"] == RANDOM_WARNING
     expected = random_state_dict(config_for("mixer_s32_224", num_classes=10), seed=3)
     assert model.num_classes == 10 and model.state_dict().keys() == expected.keys()
     assert all(np.array_equal(model.state_dict()[k], v) for k, v in expected.items())
