@@ -80,10 +80,7 @@ def _open_file(path, check_size=None, data=None):
             raise _unreadable(path, e) from None
         with opened:
             w, h = opened.size
-            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-                raise MixerError(f"{path}: {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit of "
-                                 f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); raise it if you "
-                                 "trust the file")
+            _check_pixels(path, w, h, "raise it if you trust the file")
             resized = check_size(w, h) if check_size is not None else None
             # under read_all: wait for room in its budget for the decoded and the resized image, before decoding
             _hold_pixels(w * h + (math.prod(resized) if resized else 0))
@@ -211,14 +208,18 @@ def load_image(img, check_size=None):
             raise MixerError(f"image array has shape {img.shape}: no pixels - pass an image of at least 1x1")
         h, w = img.shape[:2]
         # as for a file, before any copy: a broadcast or strided view can declare far more pixels than it holds
-        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-            raise MixerError(f"image array of {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit "
-                             f"of {Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first, "
-                             "or raise that limit")
+        _check_pixels("image array", w, h, "downscale it first, or raise that limit")
         if check_size is not None:
             check_size(w, h)
         return to_rgb(Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img))
     raise MixerError(f"cannot read an image from {type(img).__name__}; pass a path, a PIL image or a uint8 array")
+
+
+def _check_pixels(name, w, h, advice):
+    """A MixerError if w x h is over Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS; None: no limit)."""
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        raise MixerError(f"{name}: {w}x{h} = {w * h:,} pixels, over Pillow's decompression-bomb limit of "
+                         f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); {advice}")
 
 
 def _array_hint(img):
