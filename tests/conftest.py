@@ -16,6 +16,14 @@ from numpy_mixer.checkpoint import config_for, random_state_dict, save_checkpoin
 torch.set_num_threads(2)
 
 
+def write_checkpoint(folder, arch="mixer_b16_224", seed=0, **changes):
+    """A seeded random checkpoint of arch (config_for's changes applied) in folder: (path, state_dict)."""
+    state = random_state_dict(config_for(arch, **changes), seed=seed)
+    path = folder / f"{arch}-{seed}.safetensors"
+    save_checkpoint(state, path)
+    return path, state
+
+
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory):
     """make_checkpoint(arch, seed=0, **config_changes) -> (path, state_dict), written once per session."""
@@ -24,10 +32,7 @@ def make_checkpoint(tmp_path_factory):
     def make(arch="mixer_b16_224", seed=0, **changes):
         key = (arch, seed, tuple(sorted(changes.items())))
         if key not in cache:
-            state = random_state_dict(config_for(arch, **changes), seed=seed)
-            path = tmp_path_factory.mktemp("ckpt") / f"{arch}-{seed}.safetensors"
-            save_checkpoint(state, path)
-            cache[key] = (path, state)
+            cache[key] = write_checkpoint(tmp_path_factory.mktemp("ckpt"), arch, seed, **changes)
         return cache[key]
 
     return make
@@ -40,13 +45,7 @@ def fresh_checkpoint(tmp_path):
     For the big checkpoints only one test needs (L/16 is 813 MB): pytest deletes the folder when the test
     passes (tmp_path_retention_policy in pyproject.toml), where make_checkpoint's files last the session.
     """
-    def make(arch="mixer_b16_224", seed=0, **changes):
-        state = random_state_dict(config_for(arch, **changes), seed=seed)
-        path = tmp_path / f"{arch}-{seed}.safetensors"
-        save_checkpoint(state, path)
-        return path, state
-
-    return make
+    return lambda arch="mixer_b16_224", seed=0, **changes: write_checkpoint(tmp_path, arch, seed, **changes)
 
 
 def timm_model(arch, state_dict, dtype=torch.float32):
