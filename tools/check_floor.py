@@ -34,6 +34,19 @@ def floors(pyproject):
     return found
 
 
+def check_imports(folder, pins):
+    """In the child Python, with folder first on the path: each pinned distribution is imported from folder, at
+    its floor version; else exit 1 with one line."""
+    import importlib
+    import importlib.metadata
+
+    for name, version in pins.items():
+        where = importlib.import_module(IMPORT_NAMES.get(name, name)).__file__
+        got = importlib.metadata.version(name)
+        if not where.startswith(folder + os.sep) or got.split(".")[:len(version.split("."))] != version.split("."):
+            sys.exit(f"check_floor: {name} {got} from {where}, expected {version} from {folder}")
+
+
 def main(folder=".floor"):
     folder = os.path.abspath(folder)
     pins = floors(os.path.join(ROOT, "pyproject.toml"))
@@ -43,20 +56,16 @@ def main(folder=".floor"):
     if subprocess.run(install).returncode:
         print(f"check_floor: pip could not install the floors into {folder}", file=sys.stderr)
         return 1
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([folder, ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    check = ("import importlib, importlib.metadata as m, os, sys\n"
-             "for name, version, module in [tuple(a.split(':')) for a in sys.argv[1:]]:\n"
-             "    where = importlib.import_module(module).__file__\n"
-             "    got = m.version(name)\n"
-             "    if not where.startswith(os.environ['FLOOR'] + os.sep) or got.split('.')[:len(version.split('.'))] "
-             "!= version.split('.'):\n"
-             "        sys.exit(f'check_floor: {name} {got} from {where}, expected {version} from the floor folder')\n")
-    wanted = [f"{name}:{version}:{IMPORT_NAMES.get(name, name)}" for name, version in pins.items()]
-    if subprocess.run([sys.executable, "-c", check, *wanted], env=dict(env, FLOOR=folder), cwd=ROOT).returncode:
+    path = [folder, ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    if subprocess.run([sys.executable, __file__, "--check-imports", folder], env=env, cwd=ROOT).returncode:
         return 1
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
                           env=env, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--check-imports"]:  # the child main() starts, with the floors first on its path
+        check_imports(sys.argv[2], floors(os.path.join(ROOT, "pyproject.toml")))
+        sys.exit(0)
     sys.exit(main(*sys.argv[1:2]))
